@@ -1,0 +1,1 @@
+"""ssltk_anchors plugin (under construction)."""

@@ -1,0 +1,1 @@
+"""ssltk_augment plugin (under construction)."""

@@ -1,0 +1,1 @@
+"""ssltk_genesis plugin (under construction)."""

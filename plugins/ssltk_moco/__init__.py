@@ -1,0 +1,1 @@
+"""ssltk_moco plugin (under construction)."""

@@ -1,0 +1,1 @@
+"""ssltk_multitask plugin (under construction)."""

@@ -1,0 +1,1 @@
+"""ssltk_simclr plugin (under construction)."""

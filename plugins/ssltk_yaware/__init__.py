@@ -1,0 +1,1 @@
+"""ssltk_yaware plugin (under construction)."""

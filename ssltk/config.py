@@ -1,0 +1,149 @@
+"""Benchmark configuration: pydantic models of a benchmark TOML file.
+
+Structure is checked by pydantic (``extra="forbid"`` everywhere, so a typo in a key is an
+error); component parameters (``{name = "simclr", temperature = 0.1}``) are then checked against
+the ``Config`` of the plugin that provides the component. Every message starts with the path of
+the offending field, e.g. ``pretrain.objectives[1].temperature: Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssltk.errors import ConfigError
+from ssltk.registry import Registry, format_validation_error
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """A component by registry name plus its parameters: ``{name = "resnet18", out_dim = 512}``."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        """The parameters, i.e. every key but ``name``."""
+        return dict(self.model_extra or {})
+
+
+class ObjectiveSpec(ComponentSpec):
+    """An objective, optionally with an anchor: ``{name = "yaware", anchor = {name = "rbf", ...}}``."""
+
+    anchor: ComponentSpec | None = None
+
+
+class DataConfig(StrictModel):
+    pretrain_store: Path | list[Path] = Field(
+        description="HDF5 store(s) of unlabelled volumes to pretrain on (a list is a grid axis).")
+    finetune_store: Path = Field(description="HDF5 store of the labelled cohort.")
+    target: str = Field(description="Metadata column to predict when finetuning.")
+    task: Literal["classification", "regression"] = "classification"
+    classes: list[str] | None = Field(
+        default=None, description="Classes of `target` to keep (classification), e.g. ['CN', 'AD'].")
+
+
+class PretrainConfig(StrictModel):
+    objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
+    augmentations: list[ComponentSpec] = Field(
+        default_factory=list, description="Pipeline applied to make each view, in order.")
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=16, ge=2)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+
+
+class FinetuneConfig(StrictModel):
+    modes: list[Literal["frozen", "full"]] = Field(default_factory=lambda: ["frozen"], min_length=1)
+    label_fractions: list[float] = Field(default_factory=list)
+    n_per_class: list[int] = Field(default_factory=list)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> FinetuneConfig:
+        if not self.label_fractions and not self.n_per_class:
+            raise ValueError("give label_fractions and/or n_per_class")
+        for f in self.label_fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"label_fractions must be in (0, 1], got {f}")
+        return self
+
+
+class BenchmarkConfig(StrictModel):
+    """A whole benchmark: data x backbone x objectives x finetuning budgets x seeds."""
+
+    name: str
+    output_dir: Path = Path("runs")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data: DataConfig
+    backbone: ComponentSpec
+    pretrain: PretrainConfig
+    finetune: FinetuneConfig
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the resolved config (stable across key order)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> BaseModel:
+    """Validate one component spec found at ``path``; return its validated Config."""
+    try:
+        registry.get(kind, spec.name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}.name: {exc}") from None
+    return registry.config(kind, spec.name, spec.params(), path)
+
+
+def check_components(config: BenchmarkConfig, registry: Registry) -> None:
+    """Validate every component's name and parameters against the installed plugins."""
+    check_component(registry, "backbones", config.backbone, "backbone")
+    for i, spec in enumerate(config.pretrain.augmentations):
+        check_component(registry, "augmentations", spec, f"pretrain.augmentations[{i}]")
+    for i, spec in enumerate(config.pretrain.objectives):
+        path = f"pretrain.objectives[{i}]"
+        check_component(registry, "objectives", spec, path)
+        if spec.anchor is not None:
+            if not registry.get("objectives", spec.name).uses_anchor:
+                raise ConfigError(f"{path}.anchor: objective '{spec.name}' takes no anchor; remove it")
+            check_component(registry, "anchors", spec.anchor, f"{path}.anchor")
+
+
+def load_config(path: str | Path, registry: Registry | None = None) -> BenchmarkConfig:
+    """Read and validate a benchmark TOML; with a registry, check every component too.
+
+    Raises:
+        ConfigError: one line, ``FILE: field.path: what is wrong``.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        config = BenchmarkConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+    if registry is not None:
+        try:
+            check_components(config, registry)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of the benchmark TOML (for editor completion, e.g. taplo or Even Better TOML)."""
+    return BenchmarkConfig.model_json_schema()

@@ -1,0 +1,197 @@
+"""The extension points of ssltk: what a plugin implements.
+
+Four kinds of component are registered by plugins (see :mod:`ssltk.hookspecs`):
+
+* :class:`Backbone` – an encoder ``(B, C, *spatial) -> (B, out_dim)``.
+* :class:`Augmentation` – a batched random transform ``(B, C, *spatial) -> same shape``.
+* :class:`Anchor` – a (B, B) similarity kernel over subjects' metadata.
+* :class:`Objective` – a self-supervised loss with its own heads and state.
+
+Every component class has a class attribute ``name`` (its registry name) and a nested pydantic
+``Config`` model (``extra="forbid"``) that validates the parameters a TOML file gives it. The
+registry builds a component as ``cls(config, **context)``; the context a kind receives is stated
+on each class below.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's ``Config``: unknown keys are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backbone(nn.Module, ABC):
+    """Encoder of 2D or 3D images.
+
+    Built as ``cls(config, in_channels=C, spatial_dims=2|3)``.
+
+    Attributes:
+        out_dim: size of the pooled representation returned by :meth:`forward`.
+        feature_channels: channels of each map returned by :meth:`forward_features`,
+            from the highest resolution to the lowest.
+        feature_strides: downsampling factor of each of those maps relative to the input.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    out_dim: int
+    feature_channels: tuple[int, ...]
+    feature_strides: tuple[int, ...]
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, *spatial) -> (B, out_dim)``."""
+
+    @abstractmethod
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """``(B, C, *spatial) -> [(B, c_i, *spatial / s_i)]``, high to low resolution."""
+
+
+class AugmentationConfig(ComponentConfig):
+    """Every augmentation has ``p``: the probability that a sample is transformed."""
+
+    p: float = 1.0
+
+
+class Augmentation(ABC):
+    """A batched, seeded random transform.
+
+    Built as ``cls(config)``. Calling it on ``x`` of shape ``(B, C, *spatial)`` (2D or 3D) returns
+    a tensor of the same shape, dtype and device. Every random number is drawn from
+    ``generator`` (one draw per sample), so the same generator state gives the same output;
+    ``p`` decides per sample whether it is transformed at all.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AugmentationConfig]] = AugmentationConfig
+
+    def __init__(self, config: AugmentationConfig):
+        self.config = config
+
+    @abstractmethod
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+class Anchor(ABC):
+    """A similarity kernel between subjects, computed from their metadata.
+
+    Built as ``cls(config)``. ``columns`` names the metadata columns it reads. Calling it with
+    ``meta`` (column -> ``(B,)`` tensor; missing continuous values are NaN, missing categorical
+    values are -1) returns a symmetric ``(B, B)`` float tensor with values in [0, 1] and ones on
+    the diagonal.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+
+    def __init__(self, config: ComponentConfig):
+        self.config = config
+
+    @property
+    @abstractmethod
+    def columns(self) -> tuple[str, ...]: ...
+
+    @abstractmethod
+    def __call__(self, meta: dict[str, Tensor]) -> Tensor: ...
+
+
+@dataclass
+class Batch:
+    """What an objective receives for one training step.
+
+    Attributes:
+        views: ``n_views`` independently augmented copies of the batch, each ``(B, C, *spatial)``.
+        meta: metadata column -> ``(B,)`` tensor on the views' device (float, NaN = missing, for
+            continuous columns; long, -1 = missing, for categorical ones).
+        generator: seeded generator for any extra randomness the objective needs.
+        original: the batch before augmentation ``(B, C, *spatial)``, when the objective asked for
+            it (``Objective.needs_original``).
+    """
+
+    views: list[Tensor]
+    meta: dict[str, Tensor] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+    original: Tensor | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    """Result of one objective step.
+
+    Attributes:
+        loss: scalar tensor to minimise.
+        logs: floats to log (component losses, accuracies...).
+        embeddings: optional ``(n_views, B, D)`` normalised embeddings, used by the engine to
+            report alignment and uniformity of contrastive objectives.
+    """
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    embeddings: Tensor | None = None
+
+
+class Objective(nn.Module, ABC):
+    """A self-supervised objective: owns its heads and state, computes a loss from a batch.
+
+    Built as ``cls(config, backbone=..., anchor=Anchor | None, registry=Registry)``. The backbone
+    is the encoder to pretrain (only its weights are transferred to finetuning); everything
+    else the objective creates (projection heads, momentum encoders, decoders) is its own. The
+    registry lets an objective build other components by name (multitask wraps another
+    objective); ``anchor`` is None unless the TOML gives one.
+
+    Class attributes:
+        n_views: how many augmented views of each sample the engine must provide.
+        needs_original: whether the engine must pass the un-augmented batch too.
+        uses_anchor: whether the objective accepts an anchor (``anchor = {...}`` in the TOML).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    n_views: ClassVar[int] = 2
+    needs_original: ClassVar[bool] = False
+    uses_anchor: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        config: ComponentConfig,
+        backbone: Backbone,
+        anchor: Anchor | None = None,
+        registry: Any = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.anchor = anchor
+        self.registry = registry
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Metadata columns each batch must carry (anchors' and supervised heads' columns)."""
+        return ()
+
+    @abstractmethod
+    def forward(self, batch: Batch) -> ObjectiveOutput: ...
+
+    def on_step_end(self) -> None:
+        """Called after each optimiser step (momentum encoder updates, queue bookkeeping)."""
+
+
+KINDS: dict[str, type[Any]] = {
+    "backbones": Backbone,
+    "augmentations": Augmentation,
+    "anchors": Anchor,
+    "objectives": Objective,
+}
+"""Plural kind name (as in the hook ``register_<kind>``) -> base class."""

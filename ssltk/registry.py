@@ -1,0 +1,160 @@
+"""Typed registries: components by kind and name, created from validated parameters.
+
+>>> registry = get_registry()
+>>> registry.names("backbones", "resnet*")
+['resnet10', 'resnet18', 'resnet34', 'resnet50']
+>>> net = registry.create("backbones", "resnet18", {"out_dim": 128}, in_channels=1, spatial_dims=3)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ValidationError
+
+from ssltk.errors import ConfigError, PluginError, did_you_mean
+from ssltk.interfaces import KINDS
+from ssltk.plugins import PluginInfo, get_plugin_manager, load_plugins, one_line
+
+
+def singular(kind: str) -> str:
+    """``objectives`` -> ``objective`` (for messages)."""
+    return kind[:-1]
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per pydantic error: ``path.to[1].field: message`` (first error only)."""
+    err = exc.errors()[0]
+    path = prefix
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling)"
+    return f"{path}: {msg}" if path else msg
+
+
+@dataclass(frozen=True)
+class Entry:
+    cls: type
+    plugin: str
+
+
+class Registry:
+    """Components registered by plugins, by kind (``backbones``, ``augmentations``, ...)."""
+
+    def __init__(self, plugins: list[PluginInfo] | None = None):
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.plugins: list[PluginInfo] = plugins or []
+
+    # -- building --------------------------------------------------------------------------
+    @classmethod
+    def from_plugin_manager(cls, pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:
+        """Call every plugin's ``register_<kind>`` hooks, one plugin at a time.
+
+        A plugin whose hook raises, or that registers an invalid class or a name already taken,
+        is marked broken and none of its components are kept.
+        """
+        registry = cls(infos)
+        for info in infos:
+            plugin = pm.get_plugin(info.name) if info.status == "ok" else None
+            if plugin is None:
+                continue
+            try:
+                staged = registry._collect(pm, info.name)
+            except Exception as exc:
+                info.status, info.error = "broken", one_line(exc)
+                continue
+            for kind, klass in staged:
+                registry._entries[kind][klass.name] = Entry(klass, info.name)
+                info.components.setdefault(kind, []).append(klass.name)
+        return registry
+
+    def _collect(self, pm: pluggy.PluginManager, plugin_name: str) -> list[tuple[str, type]]:
+        staged: list[tuple[str, type]] = []
+        for kind in KINDS:
+            for impl in getattr(pm.hook, f"register_{kind}").get_hookimpls():
+                if impl.plugin_name != plugin_name:
+                    continue
+
+                def register(klass: type, _kind: str = kind) -> None:
+                    self._check_new(_kind, klass, staged)
+                    staged.append((_kind, klass))
+
+                impl.function(**{arg: register for arg in impl.argnames})
+        return staged
+
+    def _check_new(self, kind: str, klass: Any, staged: list[tuple[str, type]]) -> None:
+        base = KINDS[kind]
+        if not (isinstance(klass, type) and issubclass(klass, base)):
+            raise PluginError(f"register_{kind} got {klass!r}, which is not a {base.__name__}")
+        name = getattr(klass, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{klass.__name__} has no 'name' class attribute")
+        config = getattr(klass, "Config", None)
+        if not (isinstance(config, type) and issubclass(config, BaseModel)):
+            raise PluginError(f"{klass.__name__}.Config is not a pydantic model")
+        if name in self._entries[kind]:
+            owner = self._entries[kind][name].plugin
+            raise PluginError(
+                f"{singular(kind)} '{name}' is already registered by plugin '{owner}'; "
+                f"disable one of them (SSLTK_DISABLE_PLUGINS)"
+            )
+        if any(k == kind and c.name == name for k, c in staged):
+            raise PluginError(f"{singular(kind)} '{name}' registered twice")
+
+    def add(self, kind: str, klass: type, plugin: str = "__main__") -> None:
+        """Register ``klass`` directly (notebooks, tests)."""
+        self._check_new(kind, klass, [])
+        self._entries[kind][klass.name] = Entry(klass, plugin)
+
+    # -- lookup ----------------------------------------------------------------------------
+    def names(self, kind: str, pattern: str = "*") -> list[str]:
+        """Sorted names of ``kind`` matching the fnmatch ``pattern``."""
+        return sorted(n for n in self._kind(kind) if fnmatch.fnmatch(n, pattern))
+
+    def get(self, kind: str, name: str) -> type:
+        """The class registered as ``name``; unknown names raise with a did-you-mean hint."""
+        entries = self._kind(kind)
+        if name not in entries:
+            available = ", ".join(sorted(entries)) or "none (is a plugin disabled or broken?)"
+            hint = did_you_mean(name, entries)
+            raise ConfigError(f"unknown {singular(kind)} '{name}'.{hint} Available: {available}")
+        return entries[name].cls
+
+    def plugin_of(self, kind: str, name: str) -> str:
+        self.get(kind, name)
+        return self._entries[kind][name].plugin
+
+    def config(self, kind: str, name: str, params: Mapping[str, Any] | None = None,
+               path: str = "") -> BaseModel:
+        """Validate ``params`` against the component's ``Config``; errors name ``path.field``."""
+        klass = self.get(kind, name)
+        try:
+            return klass.Config(**dict(params or {}))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, path)) from None
+
+    def create(self, kind: str, name: str, params: Mapping[str, Any] | BaseModel | None = None,
+               path: str = "", **context: Any) -> Any:
+        """Build component ``name`` of ``kind`` from ``params`` plus the kind's context."""
+        klass = self.get(kind, name)
+        config = params if isinstance(params, BaseModel) else self.config(kind, name, params, path)
+        return klass(config, **context)
+
+    def _kind(self, kind: str) -> dict[str, Entry]:
+        if kind not in self._entries:
+            raise ValueError(f"unknown kind '{kind}'; kinds are {', '.join(self._entries)}")
+        return self._entries[kind]
+
+
+def get_registry(disabled: set[str] | None = None,
+                 extra: dict[str, object] | None = None) -> Registry:
+    """Discover installed plugins (minus ``disabled``) and return a fresh registry of them."""
+    pm = get_plugin_manager()
+    infos = load_plugins(pm, disabled=disabled, extra=extra)
+    return Registry.from_plugin_manager(pm, infos)
