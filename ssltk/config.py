@@ -135,7 +135,7 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Benchmark
     try:
         config = BenchmarkConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{path}: {format_validation_error(exc, model=BenchmarkConfig)}") from None
     if registry is not None:
         try:
             check_components(config, registry)

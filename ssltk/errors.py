@@ -29,5 +29,7 @@ class PluginError(SsltkError):
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    close = close or [c for c in choices if len(value) >= 3 and c.startswith(value)][:1]
     return f" Did you mean '{close[0]}'?" if close else ""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import fnmatch
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,15 +27,45 @@ def singular(kind: str) -> str:
     return kind[:-1]
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per pydantic error: ``path.to[1].field: message`` (first error only)."""
-    err = exc.errors()[0]
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``list[X]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names of the (sub)model that holds the key at ``loc``."""
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        if isinstance(part, str):
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None) -> str:
+    """``path.to[1].field: message`` for the first pydantic error, on one line.
+
+    With ``model`` (the validated class), a misspelled key gets a did-you-mean hint.
+    """
+    errors = exc.errors()
+    # A misspelled key also makes the real key "missing": report the typo, it is the cause.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     path = prefix
     for part in err["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key (check its spelling)"
+        allowed = _allowed_keys(model, err["loc"])
+        msg = f"unknown key.{did_you_mean(str(err['loc'][-1]), allowed)}"
+        if allowed:
+            msg += f" Allowed: {', '.join(allowed)}"
     return f"{path}: {msg}" if path else msg
 
 
@@ -137,7 +168,7 @@ class Registry:
         try:
             return klass.Config(**dict(params or {}))
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, path)) from None
+            raise ConfigError(format_validation_error(exc, path, klass.Config)) from None
 
     def create(self, kind: str, name: str, params: Mapping[str, Any] | BaseModel | None = None,
                path: str = "", **context: Any) -> Any:
