@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ssltk.engine.optim import OptimConfig
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry, format_validation_error
 
@@ -53,12 +54,15 @@ class DataConfig(StrictModel):
 
 class PretrainConfig(StrictModel):
     objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
-    augmentations: list[ComponentSpec] = Field(
-        default_factory=list, description="Pipeline applied to make each view, in order.")
+    augmentations: list[ComponentSpec] | None = Field(
+        default=None, description="Pipeline applied to make each view, in order; "
+                                  "None uses ssltk.augment.DEFAULT_PIPELINE.")
     epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=16, ge=2)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
+    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    channels_last: bool = False
 
 
 class FinetuneConfig(StrictModel):
@@ -108,7 +112,7 @@ def check_component(registry: Registry, kind: str, spec: ComponentSpec, path: st
 def check_components(config: BenchmarkConfig, registry: Registry) -> None:
     """Validate every component's name and parameters against the installed plugins."""
     check_component(registry, "backbones", config.backbone, "backbone")
-    for i, spec in enumerate(config.pretrain.augmentations):
+    for i, spec in enumerate(config.pretrain.augmentations or []):
         check_component(registry, "augmentations", spec, f"pretrain.augmentations[{i}]")
     for i, spec in enumerate(config.pretrain.objectives):
         path = f"pretrain.objectives[{i}]"

@@ -85,6 +85,29 @@ class Augmentation(ABC):
         return f"{type(self).__name__}({self.config!r})"
 
 
+class SpatialAugmentation(Augmentation):
+    """An augmentation that is an affine resampling of space (crop, flip, affine...).
+
+    It only draws matrices; :func:`ssltk.augment.resample` applies them. Because matrices
+    compose, :class:`ssltk.augment.Pipeline` fuses consecutive spatial augmentations into one
+    resampling (one interpolation instead of one per op).
+
+    Convention: a matrix ``M`` of shape ``(D+1, D+1)`` maps *output* coordinates to *input*
+    coordinates, both normalised to [-1, 1] per spatial axis (``align_corners=False``: -1 and 1
+    are the outer edges of the first and last voxels) and ordered as the tensor's spatial axes.
+    Applying ``A`` then ``B`` is one resampling with ``A @ B``.
+    """
+
+    @abstractmethod
+    def sample_matrices(self, x_shape: torch.Size, generator: torch.Generator) -> Tensor:
+        """Draw one matrix per sample: ``(B, D+1, D+1)`` float64 on CPU, identity if not applied."""
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        from ssltk.augment import resample  # lazy: ssltk.augment imports this module
+
+        return resample(x, self.sample_matrices(x.shape, generator))
+
+
 class Anchor(ABC):
     """A similarity kernel between subjects, computed from their metadata.
 

@@ -21,7 +21,38 @@ class EncoderConfig(ComponentConfig):
 
 def norm_arg(norm: str) -> str | tuple:
     """MONAI's norm argument for our ``norm`` choice."""
-    return ("group", {"num_groups": 8}) if norm == "group" else norm
+    if norm == "group":
+        return ("group", {"num_groups": 8})
+    if norm == "instance":  # affine, so MONAI's weight init (and learning) has weights to set
+        return ("instance", {"affine": True})
+    return norm
+
+
+def replace_batch_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Swap every BatchNorm layer of ``module`` for ``norm`` ("group": 8 groups, or "instance").
+
+    Needed because MONAI's ResNet (1.3-1.6) only passes ``norm`` to its stem: the residual
+    blocks always get BatchNorm. Group/instance norm make a sample's output independent of the
+    rest of its batch (small batches, exact distributed equivalence).
+    """
+    if norm == "batch":
+        return module
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            c = child.num_features
+            if norm == "group":
+                new = nn.GroupNorm(min(8, c), c)
+            else:
+                instance = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+                new = instance[_dims(child)](c, affine=True)
+            setattr(module, name, new)
+        else:
+            replace_batch_norm(child, norm)
+    return module
+
+
+def _dims(bn: nn.Module) -> int:
+    return {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}[type(bn)]
 
 
 def output_layer(width: int, out_dim: int | None) -> tuple[nn.Module, int]:

@@ -11,7 +11,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ssltk.interfaces import Backbone
-from ssltk_backbones._common import EncoderConfig, global_pool, norm_arg, output_layer
+from ssltk_backbones._common import (
+    EncoderConfig,
+    global_pool,
+    norm_arg,
+    output_layer,
+    replace_batch_norm,
+)
 
 
 class DenseNetConfig(EncoderConfig):
@@ -34,6 +40,7 @@ class DenseNet121(Backbone):
             init_features=config.init_features, growth_rate=config.growth_rate,
             norm=norm_arg(config.norm), dropout_prob=config.dropout,
         )
+        replace_batch_norm(self.net, config.norm)
         self.net.class_layers = nn.Identity()  # we pool ourselves; keeps no unused weights
         f, g = config.init_features, config.growth_rate
         channels = [f]

@@ -13,7 +13,13 @@ from pydantic import Field
 from torch import Tensor
 
 from ssltk.interfaces import Backbone
-from ssltk_backbones._common import EncoderConfig, global_pool, norm_arg, output_layer
+from ssltk_backbones._common import (
+    EncoderConfig,
+    global_pool,
+    norm_arg,
+    output_layer,
+    replace_batch_norm,
+)
 
 
 class ResNetConfig(EncoderConfig):
@@ -41,6 +47,7 @@ class _MonaiResNet(Backbone):
             no_max_pool=not config.max_pool, widen_factor=config.widen_factor,
             feed_forward=False, norm=norm_arg(config.norm),
         )
+        replace_batch_norm(self.net, config.norm)
         expansion = 4 if self.block == "bottleneck" else 1
         widths = [int(w * config.widen_factor) for w in (64, 128, 256, 512)]
         self.feature_channels = (widths[0], *(w * expansion for w in widths))

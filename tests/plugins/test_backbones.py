@@ -63,3 +63,15 @@ def test_resnet_stem_options_change_strides(registry):
     assert net.feature_strides == (1, 1, 2, 4, 8)
     feats = net.forward_features(torch.randn(1, 1, 16, 16, 16))
     assert feats[1].shape[-1] == 16 and feats[-1].shape[-1] == 2
+
+
+@pytest.mark.parametrize("norm", ["group", "instance"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_norm_option_reaches_every_layer(registry, name, norm):
+    """A sample's output must not depend on the rest of its batch (MONAI's ResNet ignores
+    ``norm`` beyond the stem; the wrapper fixes that)."""
+    torch.manual_seed(0)
+    net = registry.create("backbones", name, {"norm": norm}, in_channels=1, spatial_dims=2)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    x = torch.randn(4, 1, 64, 64)
+    torch.testing.assert_close(net(x)[:2], net(x[:2]), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,114 @@
+"""``ssltk pretrain``, ``ssltk finetune``, ``ssltk embed`` and ``ssltk export``: single stages.
+
+``torchrun --nproc_per_node=N -m ssltk pretrain CONFIG.toml`` runs pretraining under DDP.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ssltk.cli._common import console, registry
+from ssltk.config import BenchmarkConfig, load_config
+from ssltk.errors import ConfigError
+
+Config = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Benchmark TOML.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def pick_objective(cfg: BenchmarkConfig, objective: str | None):
+    """The objective spec named ``objective`` (default: the first of the grid)."""
+    specs = cfg.pretrain.objectives
+    if objective is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == objective:
+            return spec
+    names = ", ".join(s.name for s in specs)
+    raise ConfigError(f"--objective '{objective}' is not in pretrain.objectives ({names})")
+
+
+def pretrain_run(cfg: BenchmarkConfig, objective: str | None, seed: int | None):
+    from ssltk.engine import PretrainRun
+
+    stores = cfg.data.pretrain_store
+    p = cfg.pretrain
+    return PretrainRun(
+        store=stores[0] if isinstance(stores, list) else stores, backbone=cfg.backbone,
+        objective=pick_objective(cfg, objective), augmentations=p.augmentations,
+        epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, precision=p.precision,
+        channels_last=p.channels_last, seed=cfg.seeds[0] if seed is None else seed)
+
+
+def pretrain(
+    ctx: typer.Context,
+    config: Config,
+    objective: Annotated[str | None, typer.Option(help="Objective of the grid (default: first).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the first of `seeds`).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory.")] = None,
+    device: Device = "auto",
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Pretrain the backbone with one objective of CONFIG (resumes an interrupted run)."""
+    from ssltk.engine import pretrain as run_pretrain
+
+    reg = registry(ctx)
+    cfg = load_config(config, reg)
+    run = pretrain_run(cfg, objective, seed)
+    out = out or cfg.output_dir / cfg.name / "pretrain" / \
+        f"{run.objective.name}-seed{run.seed}-{run.content_hash()[:8]}"
+    result = run_pretrain(run, out, registry=reg, device=device,
+                          checkpoint_every=checkpoint_every, progress=progress)
+    word = "already done" if result.cached else "done"
+    console().print(f"[green]{word}[/] encoder: {result.encoder_path}")
+    if result.history:
+        last = result.history[-1]
+        console().print("last epoch: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float)))
+
+
+def embed(
+    ctx: typer.Context,
+    store: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Volume store.")],
+    out: Annotated[Path, typer.Option(help="HDF5 file to write the embeddings to.")],
+    backbone: Annotated[str, typer.Option(help="Backbone name.")] = "resnet18",
+    backbone_params: Annotated[str, typer.Option(help="Backbone parameters as JSON.")] = "{}",
+    encoder: Annotated[Path | None, typer.Option(exists=True, help="encoder.pt of pretraining.")] = None,
+    batch_size: int = 8,
+    device: Device = "auto",
+) -> None:
+    """Write the embeddings of every volume of STORE (and its metadata) to an HDF5 file."""
+    from ssltk.engine import embed_store
+
+    try:
+        params = json.loads(backbone_params)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--backbone-params is not valid JSON: {exc}") from None
+    path = embed_store(store, {"name": backbone, **params}, encoder, out, batch_size=batch_size,
+                       device=device, registry=registry(ctx))
+    console().print(f"[green]wrote[/] {path}")
+
+
+def export(
+    encoder: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="encoder.pt.")],
+    out: Annotated[Path, typer.Option(help="Where to write the plain MONAI state_dict.")],
+) -> None:
+    """Export a pretrained encoder as a plain state_dict of the matching MONAI network."""
+    from ssltk.engine import export_encoder
+
+    console().print(f"[green]wrote[/] {export_encoder(encoder, out)}")
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+    console().print(table)

@@ -1,0 +1,22 @@
+"""Training engine: pretraining, finetuning, embeddings, checkpoints, metrics.
+
+Every stage is a plain function, usable from a notebook as from the CLI:
+
+>>> from ssltk.engine import PretrainRun, pretrain, FinetuneRun, finetune
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "PretrainRun": "pretraining", "PretrainResult": "pretraining", "pretrain": "pretraining",
+    "FinetuneRun": "finetuning", "FinetuneResult": "finetuning", "finetune": "finetuning",
+    "embed_store": "embed", "export_encoder": "embed",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: importing ssltk.engine.metrics must not pull in torch training code and the store.
+    if name in _EXPORTS:
+        return getattr(import_module(f"ssltk.engine.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ssltk.engine' has no attribute '{name}'")

@@ -1,0 +1,78 @@
+"""Embeddings of a whole store, and export of a pretrained encoder to plain MONAI weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ssltk.config import ComponentSpec, check_component
+from ssltk.engine import runtime
+from ssltk.engine.batches import BatchReader
+from ssltk.engine.checkpoint import load_checkpoint
+from ssltk.errors import SsltkError
+from ssltk.registry import Registry, get_registry
+from ssltk.store import VolumeStore
+
+
+def load_backbone(spec: ComponentSpec, encoder: str | Path | None, in_channels: int,
+                  spatial_dims: int, registry: Registry):
+    """A backbone from its spec, with the weights of ``encoder`` (an ``encoder.pt``) if given."""
+    from ssltk.engine.finetuning import FinetuneRun, load_encoder
+
+    run = FinetuneRun(store=Path("-"), target="-", backbone=spec,
+                      encoder=Path(encoder) if encoder else None,
+                      train_rows=[], val_rows=[], test_rows=[])
+    return load_encoder(run, in_channels, spatial_dims, registry)
+
+
+def embed_store(store_path: str | Path, backbone: ComponentSpec | dict, encoder: str | Path | None,
+                out: str | Path, *, batch_size: int = 8, device: str = "auto",
+                registry: Registry | None = None) -> Path:
+    """Write the ``(N, out_dim)`` embeddings of every row of a store to an HDF5 file.
+
+    The file holds ``/embeddings`` (float32), ``/meta/<column>`` copied from the store
+    (strings for categorical/id columns) and attrs naming the store, backbone and encoder. It
+    is written to a temporary name and renamed, so a crash never leaves a partial file.
+    """
+    registry = registry or get_registry()
+    spec = backbone if isinstance(backbone, ComponentSpec) else ComponentSpec(**backbone)
+    check_component(registry, "backbones", spec, "backbone")
+    ctx = runtime.Context(runtime.resolve_device(device))
+    store = VolumeStore.open(store_path)
+    net = load_backbone(spec, encoder, store.shape[0], store.spatial_dims, registry).to(ctx.device)
+    from ssltk.engine.finetuning import embed_rows
+
+    emb = embed_rows(net, BatchReader(store), np.arange(len(store)), ctx, batch_size)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("embeddings", data=emb)
+        for col, spec_ in store.columns.items():
+            values = store.meta[col]
+            data = values if spec_.kind == "continuous" else np.asarray(values).astype("S")
+            f.create_dataset(f"meta/{col}", data=data)
+        f.attrs.update({"store": str(store_path), "backbone": spec.name,
+                        "encoder": str(encoder or "scratch")})
+    os.replace(tmp, out)
+    return out
+
+
+def export_encoder(encoder: str | Path, out: str | Path) -> Path:
+    """Save the MONAI network's plain ``state_dict`` from a pretraining ``encoder.pt``.
+
+    The result loads into the matching ``monai.networks.nets`` network (``feed_forward=False``
+    for ResNets; ``strict=False`` for DenseNet-121, whose classification layer is not trained).
+    """
+    state, meta = load_checkpoint(encoder)
+    if "backbone" not in state:
+        raise SsltkError(f"{encoder} holds no encoder weights; pass the encoder.pt of pretraining")
+    plain = {k.removeprefix("net."): v for k, v in state["backbone"].items() if k.startswith("net.")}
+    if not plain:
+        raise SsltkError(f"{encoder} is not a MONAI-based backbone ({meta.get('backbone')}); "
+                         "only ssltk's built-in backbones export to MONAI")
+    torch.save(plain, out)
+    return Path(out)

@@ -1,0 +1,285 @@
+"""Finetuning a (pretrained or scratch) encoder on a labelled task, and evaluating it.
+
+Two modes:
+
+* ``frozen`` – linear probe. Embeddings of every needed row are extracted once (eval mode, no
+  augmentation) and a scikit-learn model is fitted on them: logistic regression
+  (classification) or ridge regression, its regularisation chosen on the validation rows.
+  This is orders of magnitude cheaper than training a linear layer on the frozen encoder
+  epoch after epoch, and is the protocol of the y-Aware paper's linear evaluation.
+* ``full`` – the encoder and a linear head trained end to end, the encoder at
+  ``lr * encoder_lr_ratio``, with early stopping on the validation metric (patience) and the
+  best weights restored before testing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from ssltk.augment import Pipeline
+from ssltk.config import ComponentSpec, StrictModel, check_component
+from ssltk.engine import runtime
+from ssltk.engine.batches import BatchReader, epoch_batches
+from ssltk.engine.checkpoint import load_checkpoint
+from ssltk.engine.metrics import classification_metrics, regression_metrics
+from ssltk.engine.targets import Targets, load_targets
+from ssltk.errors import SsltkError
+from ssltk.interfaces import Backbone
+from ssltk.registry import Registry, get_registry
+from ssltk.store import VolumeStore
+
+log = logging.getLogger(__name__)
+PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
+"""Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
+
+
+class FinetuneRun(StrictModel):
+    """Everything that determines a finetuning result."""
+
+    store: Path
+    target: str
+    task: Literal["classification", "regression"] = "classification"
+    classes: list[str] | None = None
+    backbone: ComponentSpec
+    encoder: Path | None = Field(default=None, description="Pretrained encoder; None = scratch.")
+    mode: Literal["frozen", "full"] = "frozen"
+    train_rows: list[int]
+    val_rows: list[int]
+    test_rows: list[int]
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    encoder_lr_ratio: float = Field(default=0.1, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    patience: int = Field(default=5, ge=1)
+    class_weighting: bool = False
+    augmentations: list[ComponentSpec] = Field(default_factory=list)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    seed: int = 0
+
+    def content_hash(self) -> str:
+        return runtime.content_hash(self)
+
+
+@dataclass
+class FinetuneResult:
+    metrics: dict
+    predictions: dict
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+
+def load_encoder(run: FinetuneRun, in_channels: int, spatial_dims: int,
+                 registry: Registry) -> Backbone:
+    """The backbone of ``run``, with the pretrained weights when ``run.encoder`` is set."""
+    cfg = check_component(registry, "backbones", run.backbone, "backbone")
+    backbone = registry.create("backbones", run.backbone.name, cfg, in_channels=in_channels,
+                               spatial_dims=spatial_dims)
+    if run.encoder is None:
+        return backbone
+    state, meta = load_checkpoint(run.encoder)
+    if "backbone" not in state:
+        raise SsltkError(f"{run.encoder} holds no encoder weights; pass the encoder.pt "
+                         "written by pretraining")
+    if meta.get("backbone") not in (None, run.backbone.name):
+        raise SsltkError(f"{run.encoder} was pretrained with backbone '{meta['backbone']}' but "
+                         f"the config asks for '{run.backbone.name}'; use the same backbone")
+    try:
+        backbone.load_state_dict(state["backbone"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SsltkError(f"{run.encoder} does not fit backbone '{run.backbone.name}' with these "
+                         f"parameters ({first}); use the backbone parameters of pretraining") \
+            from None
+    return backbone
+
+
+def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str = "auto",
+             progress: bool = False) -> FinetuneResult:
+    """Finetune and evaluate; returns test metrics and per-row predictions."""
+    registry = registry or get_registry()
+    ctx = runtime.Context(runtime.resolve_device(device))
+    store = VolumeStore.open(run.store)
+    targets = load_targets(store, run.target, run.task, run.classes, source=str(run.store))
+    for name, rows in (("train", run.train_rows), ("val", run.val_rows), ("test", run.test_rows)):
+        targets.check_rows(rows, name)
+    runtime.seed_everything(run.seed)
+    backbone = load_encoder(run, store.shape[0], store.spatial_dims, registry).to(ctx.device)
+    reader = BatchReader(store)
+    if run.mode == "frozen":
+        result = _probe(run, backbone, reader, targets, ctx)
+    else:
+        result = _train_full(run, backbone, reader, targets, ctx, registry, progress)
+    return result
+
+
+# -- frozen: embeddings + scikit-learn ---------------------------------------------------------
+@torch.no_grad()
+def embed_rows(backbone: Backbone, reader: BatchReader, rows, ctx: runtime.Context,
+               batch_size: int = 8, precision: str = "auto") -> np.ndarray:
+    """``rows`` -> ``(len(rows), out_dim)`` float32 embeddings (eval mode, no augmentation)."""
+    backbone.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), backbone.out_dim), dtype=np.float32)
+    for i in range(0, len(rows), batch_size):
+        x, _ = reader.read(rows[i:i + batch_size])
+        with runtime.autocast(precision, ctx):
+            out[i:i + len(x)] = backbone(x.to(ctx.device)).float().cpu().numpy()
+    return out
+
+
+def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
+           ctx: runtime.Context) -> FinetuneResult:
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    emb = {name: embed_rows(backbone, reader, rows, ctx, run.batch_size, run.precision)
+           for name, rows in (("train", run.train_rows), ("val", run.val_rows),
+                              ("test", run.test_rows))}
+    y = {name: targets.values(rows) for name, rows in (("train", run.train_rows),
+                                                         ("val", run.val_rows),
+                                                         ("test", run.test_rows))}
+    best, history = None, []
+    for c in PROBE_C:
+        if run.task == "classification":
+            est = LogisticRegression(C=c, max_iter=2000,
+                                     class_weight="balanced" if run.class_weighting else None)
+        else:
+            est = Ridge(alpha=1.0 / c)
+        model = make_pipeline(StandardScaler(), est).fit(emb["train"], y["train"])
+        score = _score(run, targets, y["val"], _predict(run, model, emb["val"], targets))
+        history.append({"C": c, "val_score": score})
+        if best is None or score > best[0]:
+            best = (score, model)
+    test_out = _predict(run, best[1], emb["test"], targets)
+    return _result(run, targets, y["test"], test_out, None, history)
+
+
+def _predict(run: FinetuneRun, model, x: np.ndarray, targets: Targets) -> np.ndarray:
+    if run.task == "regression":
+        return model.predict(x)
+    proba = np.zeros((len(x), targets.n_classes))
+    proba[:, model.classes_] = model.predict_proba(x)  # classes absent from train get 0
+    return proba
+
+
+def _score(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray) -> float:
+    """Validation score, higher is better: ROC-AUC (balanced accuracy if undefined), -MAE."""
+    if run.task == "regression":
+        return -float(np.mean(np.abs(out - y)))
+    m = classification_metrics(y, out, targets.classes)
+    auc = m.get("roc_auc", float("nan"))
+    return m["balanced_accuracy"] if not np.isfinite(auc) else float(auc)
+
+
+def _result(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray,
+            best_epoch: int | None, history: list[dict]) -> FinetuneResult:
+    if run.task == "regression":
+        metrics = regression_metrics(y, out)
+        preds = {"rows": list(run.test_rows), "y_true": y.tolist(), "y_pred": out.tolist()}
+    else:
+        metrics = classification_metrics(y, out, targets.classes)
+        preds = {"rows": list(run.test_rows), "y_true": y.tolist(), "proba": out.tolist(),
+                 "classes": targets.classes}
+    return FinetuneResult(metrics, preds, best_epoch, history)
+
+
+# -- full finetuning ---------------------------------------------------------------------------
+class _Classifier(nn.Module):
+    def __init__(self, backbone: Backbone, n_out: int):
+        super().__init__()
+        self.backbone, self.head = backbone, nn.Linear(backbone.out_dim, n_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+
+def _train_full(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
+                ctx: runtime.Context, registry: Registry, progress: bool) -> FinetuneResult:
+    n_out = targets.n_classes if run.task == "classification" else 1
+    model = _Classifier(backbone, n_out).to(ctx.device)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.backbone.parameters(), "lr": run.lr * run.encoder_lr_ratio},
+         {"params": model.head.parameters(), "lr": run.lr}], weight_decay=run.weight_decay)
+    loss_fn = _loss_fn(run, targets, ctx)
+    pipeline = Pipeline.from_specs(registry, run.augmentations, path="augmentations")
+    y_train = torch.as_tensor(targets.values(run.train_rows))
+    row_pos = {r: i for i, r in enumerate(run.train_rows)}
+    best, history, stale = None, [], 0
+    bar = runtime.ProgressBar(run.epochs, f"finetune {run.mode}", enabled=progress)
+    with bar:
+        for epoch in range(run.epochs):
+            model.train()
+            losses = []
+            for step, rows in enumerate(epoch_batches(run.train_rows, run.batch_size, run.seed,
+                                                      epoch, drop_last=len(run.train_rows) > run.batch_size)):
+                x, _ = reader.read(rows)
+                gen = runtime.step_generator(run.seed, epoch * 100_000 + step)
+                x = pipeline(x.to(ctx.device), gen) if len(pipeline) else x.to(ctx.device)
+                y = y_train[[row_pos[r] for r in rows]].to(ctx.device)
+                with runtime.autocast(run.precision, ctx):
+                    out = model(x)
+                loss = loss_fn(out.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            val_out = _forward_rows(model, reader, run.val_rows, run, targets, ctx)
+            score = _score(run, targets, targets.values(run.val_rows), val_out)
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
+                            "val_score": score})
+            bar.update_plain()
+            if best is None or score > best[0]:
+                best, stale = (score, epoch, _copy_state(model)), 0
+            else:
+                stale += 1
+                if stale >= run.patience:
+                    break
+    model.load_state_dict(best[2])
+    test_out = _forward_rows(model, reader, run.test_rows, run, targets, ctx)
+    return _result(run, targets, targets.values(run.test_rows), test_out, best[1], history)
+
+
+def _loss_fn(run: FinetuneRun, targets: Targets, ctx: runtime.Context):
+    if run.task == "regression":
+        mean, std = targets.standardisation(run.train_rows)
+        return lambda out, y: nn.functional.mse_loss(out[:, 0], (y.float() - mean) / std)
+    weight = None
+    if run.class_weighting:
+        weight = torch.as_tensor(targets.class_weights(run.train_rows), dtype=torch.float32,
+                                 device=ctx.device)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+@torch.no_grad()
+def _forward_rows(model: _Classifier, reader: BatchReader, rows, run: FinetuneRun,
+                  targets: Targets, ctx: runtime.Context) -> np.ndarray:
+    model.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    outs = []
+    for i in range(0, len(rows), run.batch_size):
+        x, _ = reader.read(rows[i:i + run.batch_size])
+        with runtime.autocast(run.precision, ctx):
+            outs.append(model(x.to(ctx.device)).float().cpu())
+    out = torch.cat(outs)
+    if run.task == "regression":
+        mean, std = targets.standardisation(run.train_rows)
+        return (out[:, 0] * std + mean).numpy()
+    return out.softmax(-1).numpy()
+
+
+def _copy_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,0 +1,270 @@
+"""Self-supervised pretraining of a backbone with any registered objective.
+
+>>> from ssltk.engine import PretrainRun, pretrain
+>>> run = PretrainRun(store="data/synth.h5", backbone={"name": "resnet18"},
+...                   objective={"name": "simclr"}, epochs=2, batch_size=8)
+>>> result = pretrain(run, "runs/simclr")          # resumes if runs/simclr has a checkpoint
+>>> result.encoder_path                            # the backbone's weights, ready to finetune
+
+Everything that changes the result lives in :class:`PretrainRun` and its hash; how the run is
+executed (device, checkpoint interval, progress bar) does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ssltk.augment import DEFAULT_PIPELINE, Pipeline
+from ssltk.config import ComponentSpec, ObjectiveSpec, StrictModel, check_component
+from ssltk.engine import runtime
+from ssltk.engine.batches import BatchReader, epoch_batches, rank_slice
+from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ssltk.engine.optim import OptimConfig, build_optimizer, clip_gradients, cosine_schedule
+from ssltk.errors import SsltkError
+from ssltk.interfaces import Batch, Objective
+from ssltk.registry import Registry, get_registry
+from ssltk.store import VolumeStore
+
+log = logging.getLogger(__name__)
+
+
+class PretrainRun(StrictModel):
+    """Everything that determines the weights a pretraining run ends with."""
+
+    store: Path
+    rows: list[int] | None = Field(default=None, description="Store rows to use (all if None).")
+    backbone: ComponentSpec
+    objective: ObjectiveSpec
+    augmentations: list[ComponentSpec] | None = Field(
+        default=None, description="View pipeline; None uses ssltk.augment.DEFAULT_PIPELINE.")
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=16, ge=2, description="Global batch (split across ranks).")
+    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    channels_last: bool = False
+    seed: int = 0
+
+    def content_hash(self) -> str:
+        return runtime.content_hash(self)
+
+
+@dataclass
+class PretrainResult:
+    encoder_path: Path
+    checkpoint_path: Path
+    config_hash: str
+    history: list[dict] = field(default_factory=list)
+    cached: bool = False
+
+
+class NonFiniteLossError(SsltkError):
+    """The loss became NaN or Inf."""
+
+
+def build_objective(run: PretrainRun, store: VolumeStore, registry: Registry) -> Objective:
+    """Backbone + anchor + objective from the run's specs, validated with TOML paths."""
+    bb_cfg = check_component(registry, "backbones", run.backbone, "backbone")
+    backbone = registry.create("backbones", run.backbone.name, bb_cfg,
+                               in_channels=store.shape[0], spatial_dims=store.spatial_dims)
+    obj_cfg = check_component(registry, "objectives", run.objective, "objective")
+    anchor = None
+    if run.objective.anchor is not None:
+        anchor_cfg = check_component(registry, "anchors", run.objective.anchor, "objective.anchor")
+        anchor = registry.create("anchors", run.objective.anchor.name, anchor_cfg)
+    return registry.create("objectives", run.objective.name, obj_cfg, backbone=backbone,
+                           anchor=anchor, registry=registry)
+
+
+def make_pipeline(run: PretrainRun, registry: Registry) -> Pipeline:
+    specs = DEFAULT_PIPELINE if run.augmentations is None else run.augmentations
+    return Pipeline.from_specs(registry, specs, path="augmentations")
+
+
+def pretrain(run: PretrainRun, out_dir: str | Path, *, registry: Registry | None = None,
+             device: str = "auto", checkpoint_every: int | None = None,
+             progress: bool = False) -> PretrainResult:
+    """Pretrain ``run.backbone`` with ``run.objective``; resume or reuse what ``out_dir`` holds.
+
+    Args:
+        run: what to train (its hash is checked against any checkpoint in ``out_dir``).
+        out_dir: gets ``checkpoint.pt`` (full state, for resuming), ``encoder.pt`` (the final
+            backbone), ``history.jsonl`` (one line per epoch) and ``run.json``.
+        device: "auto" (CUDA if present), "cpu", "cuda", "cuda:1"...
+        checkpoint_every: also checkpoint every this many steps (default: each epoch end).
+        progress: show a rich progress bar.
+
+    Raises:
+        SsltkError: a missing column, a checkpoint of another config, a non-finite loss (the
+            last good checkpoint is kept).
+    """
+    registry = registry or get_registry()
+    out = Path(out_dir)
+    ctx = runtime.setup(device)
+    paths = _Paths(out)
+    config_hash = run.content_hash()
+    cached = _finished(paths, config_hash)
+    if cached is not None:
+        return cached
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        paths.run.write_text(json.dumps(run.model_dump(mode="json"), indent=2))
+    trainer = _Trainer(run, registry, ctx, paths, config_hash)
+    history = trainer.fit(checkpoint_every, progress)
+    return PretrainResult(paths.encoder, paths.checkpoint, config_hash, history)
+
+
+@dataclass
+class _Paths:
+    root: Path
+
+    def __post_init__(self):
+        self.checkpoint = self.root / "checkpoint.pt"
+        self.encoder = self.root / "encoder.pt"
+        self.history = self.root / "history.jsonl"
+        self.run = self.root / "run.json"
+
+
+def _finished(paths: _Paths, config_hash: str) -> PretrainResult | None:
+    if not paths.encoder.exists():
+        return None
+    _, meta = load_checkpoint(paths.encoder)
+    if meta.get("config_hash") != config_hash:
+        raise SsltkError(f"{paths.root} holds a pretraining of another configuration; "
+                         "use another output directory or delete it")
+    history = [json.loads(line) for line in paths.history.read_text().splitlines()] \
+        if paths.history.exists() else []
+    return PretrainResult(paths.encoder, paths.checkpoint, config_hash, history, cached=True)
+
+
+class _Trainer:
+    """State of one pretraining run; ``fit`` runs (or resumes) it."""
+
+    def __init__(self, run: PretrainRun, registry: Registry, ctx: runtime.Context,
+                 paths: _Paths, config_hash: str):
+        self.run, self.ctx, self.paths, self.config_hash = run, ctx, paths, config_hash
+        if run.batch_size % ctx.world != 0:
+            raise SsltkError(f"batch_size {run.batch_size} is not divisible by the "
+                             f"{ctx.world} processes; choose a multiple of {ctx.world}")
+        self.store = VolumeStore.open(run.store)
+        runtime.seed_everything(run.seed)  # same initial weights on every rank
+        self.objective = build_objective(run, self.store, registry).to(ctx.device)
+        if run.channels_last:
+            self.objective = self.objective.to(memory_format=runtime.channels_last(self.store))
+        self.reader = BatchReader(self.store, self.objective.required_columns())
+        self.pipeline = make_pipeline(run, registry)
+        self.rows = np.arange(len(self.store)) if run.rows is None else np.asarray(run.rows)
+        self.steps_per_epoch = len(self.rows) // run.batch_size
+        if self.steps_per_epoch == 0:
+            raise SsltkError(f"{run.store} has {len(self.rows)} volumes to pretrain on, fewer "
+                             f"than one batch of {run.batch_size}; lower batch_size")
+        self.total_steps = self.steps_per_epoch * run.epochs
+        self.optimizer = build_optimizer(self.objective, run.optimizer)
+        warmup = round(run.optimizer.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = cosine_schedule(self.optimizer, self.total_steps, warmup,
+                                         run.optimizer.min_lr_ratio)
+        self.model = runtime.wrap_ddp(self.objective, ctx)
+        self.step, self.epoch_stats = 0, runtime.EpochStats()
+        self._resume()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"config_hash": self.config_hash, "step": self.step,
+                "epoch": self.step // self.steps_per_epoch,
+                "backbone": self.run.backbone.name, "objective": self.run.objective.name,
+                **runtime.provenance()}
+
+    def _save(self) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {"objective": self.objective.state_dict(),
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state(), "epoch_stats": self.epoch_stats.as_dict()}
+        save_checkpoint(self.paths.checkpoint, state, self._meta())
+
+    def _resume(self) -> None:
+        if not self.paths.checkpoint.exists():
+            return
+        state, meta = load_checkpoint(self.paths.checkpoint, map_location=self.ctx.device)
+        if meta.get("config_hash") != self.config_hash:
+            raise SsltkError(f"{self.paths.checkpoint} was written by another configuration; "
+                             "use another output directory or delete it to start over")
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch_stats = runtime.EpochStats.from_dict(state["epoch_stats"])
+        self.step = int(meta["step"])
+        log.info("resuming %s at step %d", self.paths.root, self.step)
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self, checkpoint_every: int | None, progress: bool) -> list[dict]:
+        bar = runtime.ProgressBar(self.total_steps, f"pretrain {self.run.objective.name}",
+                                  enabled=progress and self.ctx.is_main, completed=self.step)
+        with bar:
+            while self.step < self.total_steps:
+                epoch, first = divmod(self.step, self.steps_per_epoch)
+                batches = epoch_batches(self.rows, self.run.batch_size, self.run.seed, epoch)
+                for rows in batches[first:]:
+                    self._train_step(rank_slice(rows, self.ctx.rank, self.ctx.world))
+                    bar.update(self.epoch_stats)
+                    if checkpoint_every and self.step % checkpoint_every == 0:
+                        self._save()
+                self._end_epoch(epoch)
+        self._export()
+        runtime.barrier(self.ctx)
+        return runtime.read_history(self.paths.history)
+
+    def _train_step(self, rows: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        x, meta = self.reader.read(rows)
+        x = runtime.to_device(x, self.ctx, self.run.channels_last)
+        meta = {k: v.to(self.ctx.device, non_blocking=True) for k, v in meta.items()}
+        generator = runtime.step_generator(self.run.seed, self.step, self.ctx.rank)
+        views = self.pipeline.views(x, self.objective.n_views, generator)
+        batch = Batch(views=views, meta=meta, generator=generator,
+                      original=x if self.objective.needs_original else None)
+        t_data = time.perf_counter() - t0
+        self.objective.train()
+        with runtime.autocast(self.run.precision, self.ctx):
+            out = self.model(batch)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLossError(
+                f"loss became {out.loss.item()} at step {self.step} (epoch "
+                f"{self.step // self.steps_per_epoch}); {self.paths.checkpoint} keeps the last "
+                "good state. Lower optimizer.lr or set optimizer.grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.run.optimizer.grad_clip:
+            clip_gradients(self.objective, self.run.optimizer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.objective.on_step_end()
+        self.step += 1
+        runtime.sync(self.ctx)
+        self.epoch_stats.add(out, len(rows) * self.ctx.world, t_data, time.perf_counter() - t0,
+                             self.scheduler.get_last_lr()[0])
+
+    def _end_epoch(self, epoch: int) -> None:
+        record = {"epoch": epoch, "step": self.step, **self.epoch_stats.summary()}
+        self.epoch_stats = runtime.EpochStats()
+        if self.ctx.is_main:
+            with self.paths.history.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            log.info("epoch %d: %s", epoch, record)
+        self._save()
+
+    def _export(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.paths.encoder, {"backbone": self.objective.backbone.state_dict()},
+                            self._meta())

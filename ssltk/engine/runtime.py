@@ -1,0 +1,232 @@
+"""Execution details shared by the training loops: devices, distributed set-up, seeding,
+precision, per-epoch statistics and the progress bar. Nothing here changes *what* is trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from ssltk.engine.checkpoint import package_versions
+from ssltk.errors import SsltkError
+
+
+def content_hash(model: BaseModel) -> str:
+    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter)."""
+    text = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def provenance() -> dict:
+    """What every checkpoint and result records about the software that made it."""
+    return {"versions": package_versions()}
+
+
+@dataclass
+class Context:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present else CPU; a device that does not exist is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SsltkError(f"device '{device}' is not a valid torch device; use cpu, cuda or "
+                         "cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise SsltkError(f"device '{device}' does not exist here ({count} CUDA device(s)); "
+                             "use cpu or an existing cuda:N")
+    return dev
+
+
+def setup(device: str = "auto") -> Context:
+    """Context of this process; joins the process group when launched by torchrun.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank takes ``cuda:LOCAL_RANK`` with NCCL on GPU, or
+    the CPU with gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Context(resolve_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(dev, dist.get_rank(), dist.get_world_size())
+
+
+def wrap_ddp(module: nn.Module, ctx: Context) -> nn.Module:
+    """DDP around ``module`` when distributed (SyncBN on GPU), else the module itself."""
+    if not ctx.distributed:
+        return module
+    if ctx.device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def sync(ctx: Context) -> None:
+    """Wait for queued GPU work, so step timings are real."""
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The augmentation generator of one step: a pure function of (seed, step, rank)."""
+    key = np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(key))
+
+
+def channels_last(store) -> torch.memory_format:
+    return torch.channels_last_3d if store.spatial_dims == 3 else torch.channels_last
+
+
+def to_device(x: Tensor, ctx: Context, channels_last_: bool) -> Tensor:
+    x = x.to(ctx.device, non_blocking=True)
+    if channels_last_:
+        x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5
+                         else torch.channels_last)
+    return x
+
+
+def autocast(precision: str, ctx: Context):
+    """bf16 autocast when asked (or ``auto`` on CUDA), else a no-op context."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and ctx.device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class EpochStats:
+    """Running sums of one epoch: loss, logs, throughput, data share, embedding geometry."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    volumes: int = 0
+    data_time: float = 0.0
+    step_time: float = 0.0
+    lr: float = 0.0
+
+    def add(self, out, volumes: int, data_time: float, step_time: float, lr: float) -> None:
+        values = {"loss": out.loss.item(), **out.logs}
+        if out.embeddings is not None and out.embeddings.shape[0] >= 2:
+            values.update(alignment_uniformity(out.embeddings.detach().float()))
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.steps += 1
+        self.volumes += volumes
+        self.data_time += data_time
+        self.step_time += step_time
+        self.lr = lr
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {**{k: v / n for k, v in self.sums.items()}, "lr": self.lr,
+                "volumes_per_s": self.volumes / max(self.step_time, 1e-9),
+                "data_fraction": self.data_time / max(self.step_time, 1e-9)}
+
+    def as_dict(self) -> dict:
+        return {"sums": self.sums, "steps": self.steps, "volumes": self.volumes,
+                "data_time": self.data_time, "step_time": self.step_time, "lr": self.lr}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EpochStats:
+        return cls(**d)
+
+
+def alignment_uniformity(z: Tensor) -> dict[str, float]:
+    """Wang & Isola (ICML 2020) on normalised embeddings ``z`` ``(n_views, B, D)``.
+
+    alignment = E ||z1 - z2||^2 over positive pairs (lower is better);
+    uniformity = log E exp(-2 ||z_a - z_b||^2) over distinct samples (lower is better).
+    """
+    align = (z[0] - z[1]).pow(2).sum(-1).mean()
+    if z.shape[1] < 2:
+        return {"alignment": float(align)}
+    uniform = torch.pdist(z[0]).pow(2).mul(-2).exp().mean().log()
+    return {"alignment": float(align), "uniformity": float(uniform)}
+
+
+def read_history(path: Path) -> list[dict]:
+    """Epoch records, the last one per epoch (a resumed run may have written one twice)."""
+    if not path.exists():
+        return []
+    records = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            records[rec["epoch"]] = rec
+    return [records[k] for k in sorted(records)]
+
+
+class ProgressBar:
+    """A rich progress bar with loss and volumes/s; does nothing when disabled."""
+
+    def __init__(self, total: int, label: str, enabled: bool, completed: int = 0):
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} vol/s"),
+            TimeRemainingColumn(), disable=not enabled, transient=False)
+        self._task = self._progress.add_task(label, total=total, completed=completed,
+                                             loss="-", speed="-")
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def update_plain(self) -> None:
+        """Advance by one without statistics."""
+        if self.enabled:
+            self._progress.update(self._task, advance=1)
+
+    def update(self, stats: EpochStats) -> None:
+        if self.enabled:
+            s = stats.summary()
+            self._progress.update(self._task, advance=1, loss=f"{s.get('loss', 0):.4f}",
+                                  speed=f"{s['volumes_per_s']:.1f}")

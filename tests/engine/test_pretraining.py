@@ -1,0 +1,145 @@
+"""Pretraining end to end: every objective in 2D and 3D, resume, kill -9, NaN, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from ssltk.engine import FinetuneRun, PretrainRun, finetune, pretrain
+from ssltk.engine.checkpoint import load_checkpoint
+from ssltk.engine.pretraining import NonFiniteLossError
+from ssltk.errors import SsltkError
+from ssltk.interfaces import Objective, ObjectiveOutput
+from ssltk.registry import get_registry
+
+BACKBONE = {"name": "resnet10", "widen_factor": 0.25, "norm": "group"}
+LIGHT_AUG = [{"name": "flip", "p": 0.5}, {"name": "gaussian_noise", "p": 1.0}]
+
+
+def make_run(store, objective="simclr", **kw) -> PretrainRun:
+    spec = {"name": objective} if isinstance(objective, str) else objective
+    defaults = dict(store=store, backbone=BACKBONE, objective=spec, augmentations=LIGHT_AUG,
+                    epochs=1, batch_size=4, seed=0)
+    return PretrainRun(**{**defaults, **kw})
+
+
+def encoder_weights(path):
+    return load_checkpoint(path)[0]["backbone"]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("objective", get_registry().names("objectives"))
+def test_every_objective_pretrains_then_finetunes(objective, dims, store2d, store3d, tmp_path):
+    store = store3d if dims == 3 else store2d
+    result = pretrain(make_run(store, objective), tmp_path / "pt", registry=get_registry())
+    assert result.encoder_path.exists() and len(result.history) == 1
+    assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
+    ft = finetune(FinetuneRun(store=store, target="diagnosis", classes=["CN", "AD"],
+                              backbone=BACKBONE, encoder=result.encoder_path, mode="frozen",
+                              train_rows=list(range(8)), val_rows=[8, 9, 10, 11],
+                              test_rows=[12, 13, 14, 15]))
+    assert 0.0 <= ft.metrics["roc_auc"] <= 1.0 and len(ft.predictions["proba"]) == 4
+
+
+def test_same_seed_same_weights_and_a_finished_run_is_reused(store3d, tmp_path):
+    run = make_run(store3d, epochs=2)
+    a = pretrain(run, tmp_path / "a")
+    b = pretrain(run, tmp_path / "b")
+    for k, v in encoder_weights(a.encoder_path).items():
+        assert torch.equal(v, encoder_weights(b.encoder_path)[k]), k
+    again = pretrain(run, tmp_path / "a")
+    assert again.cached and again.history == a.history
+    other = make_run(store3d, epochs=2, seed=1)
+    with pytest.raises(SsltkError, match="another configuration"):
+        pretrain(other, tmp_path / "a")
+
+
+KILLABLE = textwrap.dedent("""
+    import sys, time
+    from ssltk.engine import PretrainRun, pretrain
+    from ssltk.engine import pretraining
+    run = PretrainRun.model_validate_json(sys.argv[1])
+    step = pretraining._Trainer._train_step
+    def slow_step(self, rows):  # give the parent time to kill us mid-run
+        step(self, rows)
+        time.sleep(0.3)
+    pretraining._Trainer._train_step = slow_step
+    pretrain(run, sys.argv[2], checkpoint_every=1)
+""")
+
+
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(store3d, tmp_path):
+    run = make_run(store3d, objective="moco", epochs=3)  # moco: queue + momentum state too
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, run.model_dump_json(), str(out)])
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.pt").exists():
+            _, meta = load_checkpoint(out / "checkpoint.pt")
+            if meta["step"] >= 5:  # mid-way through epoch 2 of 3 (4 steps per epoch)
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "encoder.pt").exists()
+    resumed = pretrain(run, out)
+    reference = pretrain(run, tmp_path / "reference")
+    ref = encoder_weights(reference.encoder_path)
+    for k, v in encoder_weights(resumed.encoder_path).items():
+        assert torch.equal(v, ref[k]), k
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+
+
+class _NaNAfterTwo(Objective):
+    name = "nan_after_two"
+    n_views = 1
+
+    def __init__(self, config, backbone, anchor=None, registry=None):
+        super().__init__(config, backbone, anchor, registry)
+        self.calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = self.backbone(batch.views[0]).pow(2).mean()
+        return ObjectiveOutput(loss * float("nan") if self.calls > 2 else loss)
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store3d, tmp_path):
+    registry = get_registry()
+    registry.add("objectives", _NaNAfterTwo)
+    run = make_run(store3d, "nan_after_two", epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 2 \(epoch 0\)"):
+        pretrain(run, tmp_path / "nan", registry=registry, checkpoint_every=1)
+    _, meta = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert meta["step"] == 2
+
+
+def test_missing_column_is_reported_before_training(store3d, tmp_path):
+    spec = {"name": "yaware", "anchor": {"name": "rbf", "columns": ["bmi"], "sigma": 1.0}}
+    with pytest.raises(SsltkError, match="has no column 'bmi'"):
+        pretrain(make_run(store3d, spec), tmp_path / "x")
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+def test_encoder_of_another_backbone_or_corrupted_is_refused(store3d, tmp_path):
+    result = pretrain(make_run(store3d), tmp_path / "pt")
+    kw = dict(store=store3d, target="diagnosis", train_rows=list(range(8)),
+              val_rows=[8, 9, 10, 11], test_rows=[12, 13, 14, 15])
+    with pytest.raises(SsltkError, match="pretrained with backbone 'resnet10' but the config "
+                                         "asks for 'resnet18'"):
+        finetune(FinetuneRun(backbone={"name": "resnet18"}, encoder=result.encoder_path, **kw))
+    with pytest.raises(SsltkError, match="does not fit backbone 'resnet10'"):
+        finetune(FinetuneRun(backbone={**BACKBONE, "widen_factor": 0.5},
+                             encoder=result.encoder_path, **kw))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(result.encoder_path.read_bytes()[:100])
+    with pytest.raises(SsltkError, match="corrupted"):
+        finetune(FinetuneRun(backbone=BACKBONE, encoder=bad, **kw))
