@@ -64,6 +64,14 @@ def _register_commands() -> None:
     app.command("list-plugins")(list_plugins.command)
     app.command("validate")(validate.command)
     app.command("schema")(schema.command)
+    from ssltk.cli import train
+
+    app.command("pretrain")(train.pretrain)
+    app.command("embed")(train.embed)
+    app.command("export")(train.export)
+    from ssltk.cli import ingest, store
+    app.add_typer(ingest.app, name="ingest")
+    app.add_typer(store.app, name="store")
 
 
 _register_commands()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,8 @@ def pretrain(
         f"{run.objective.name}-seed{run.seed}-{run.content_hash()[:8]}"
     result = run_pretrain(run, out, registry=reg, device=device,
                           checkpoint_every=checkpoint_every, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 speaks for all
     word = "already done" if result.cached else "done"
     console().print(f"[green]{word}[/] encoder: {result.encoder_path}")
     if result.history:

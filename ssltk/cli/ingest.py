@@ -1,0 +1,133 @@
+"""``ssltk ingest nifti|images``: build a volume store from NIfTI/BIDS or 2D image folders."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from ssltk.cli._common import console
+
+app = typer.Typer(help="Build an HDF5 volume store from NIfTI/BIDS or 2D image folders.",
+                  no_args_is_help=True)
+
+
+class Normalize(str, Enum):
+    none = "none"
+    zscore = "zscore"
+    percentile = "percentile"
+
+
+class DType(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Compression(str, Enum):
+    zstd = "zstd"
+    lz4 = "lz4"
+    gzip = "gzip"
+    none = "none"
+
+
+class OnError(str, Enum):
+    abort = "abort"
+    skip = "skip"
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
+                                   help="Store to create, or to resume when it exists.")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="On-disk dtype of volumes.")]
+CompressionOpt = Annotated[Compression, typer.Option("--compression", help="Volume codec.")]
+OnErrorOpt = Annotated[OnError, typer.Option(
+    "--on-error", help="abort at the first bad file, or skip it (listed in OUT.skipped.tsv).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT instead of resuming.")]
+
+
+@contextmanager
+def _progress(what: str):
+    out = console()
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=out, transient=True,
+                  disable=not out.is_terminal) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _summary(report) -> None:
+    out = console()
+    for line in report.warnings:
+        out.print(f"[yellow]warning[/] {line}", highlight=False, soft_wrap=True)
+    out.print(f"[green]ok[/] {report.out}: {report.written} row(s) written"
+              + (f", {report.already} already there" if report.already else "")
+              + (f", {len(report.skipped)} skipped (see {report.skipped_report})"
+                 if report.skipped else ""), highlight=False, soft_wrap=True)
+
+
+@app.command("nifti")
+def nifti(
+    src: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                        help="BIDS tree or folder of .nii/.nii.gz files.")],
+    out: Out,
+    participants: Annotated[Path | None, typer.Option(
+        "--participants", exists=True, dir_okay=False,
+        help="participants .tsv/.csv (default: SRC/participants.tsv when present).")] = None,
+    shape: Annotated[tuple[int, int, int] | None, typer.Option(
+        "--shape", metavar="D H W", help="Pad/crop every volume to this grid.")] = None,
+    spacing: Annotated[float | None, typer.Option(
+        "--spacing", metavar="MM", min=0.01, help="Resample to isotropic voxels of MM mm.")] = None,
+    normalize: Annotated[Normalize, typer.Option(
+        "--normalize", help="Intensity normalisation.")] = Normalize.percentile,
+    dtype: DTypeOpt = DType.float16,
+    compression: CompressionOpt = Compression.zstd,
+    workers: Annotated[int, typer.Option("--workers", min=1,
+                                         help="Processes loading/preprocessing files.")] = 1,
+    on_error: OnErrorOpt = OnError.abort,
+    pattern: Annotated[str | None, typer.Option(
+        "--pattern", metavar="GLOB", help="Files to take, relative to SRC.")] = None,
+    categorical: Annotated[list[str] | None, typer.Option(
+        "--categorical", metavar="COLUMN",
+        help="participants column to keep categorical even if numeric (repeatable).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Ingest NIfTI files (BIDS or flat folder) into a store; re-running resumes."""
+    from ssltk.store.ingest_nifti import NiftiOptions, ingest_nifti
+
+    options = NiftiOptions(shape=tuple(shape) if shape else None, spacing=spacing,
+                           normalize=normalize.value)
+    with _progress("ingest nifti") as progress:
+        report = ingest_nifti(src, out, participants, options, dtype=dtype.value,
+                              compression=compression.value, workers=workers,
+                              on_error=on_error.value, pattern=pattern, overwrite=overwrite,
+                              categorical=categorical or (), progress=progress)
+    _summary(report)
+
+
+@app.command("images")
+def images(
+    src: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                        help="SRC/<class>/*.png (or SRC/<split>/<class>/*.jpg).")],
+    out: Out,
+    size: Annotated[tuple[int, int], typer.Option("--size", metavar="H W",
+                                                  help="Resize every image to H x W.")],
+    dtype: DTypeOpt = DType.float16,
+    compression: CompressionOpt = Compression.zstd,
+    on_error: OnErrorOpt = OnError.abort,
+    subject_regex: Annotated[str | None, typer.Option(
+        "--subject-regex", metavar="REGEX",
+        help="First group, searched in the file name, is the subject id (e.g. '^([^_]+)_'). "
+             "Default: each image is its own subject.")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Ingest class-per-folder 2D images (grayscale, resized, [0, 1]); re-running resumes."""
+    from ssltk.store.ingest_images import ingest_images
+
+    with _progress("ingest images") as progress:
+        report = ingest_images(src, out, size, dtype=dtype.value, compression=compression.value,
+                               on_error=on_error.value, subject_regex=subject_regex,
+                               overwrite=overwrite, progress=progress)
+    _summary(report)

@@ -1,0 +1,16 @@
+"""HDF5 volume store: one file holds a cohort's volumes, metadata table and provenance.
+
+>>> from ssltk.store import VolumeStore, StoreWriter, ColumnSpec
+>>> with StoreWriter.create("cohort.h5", shape=(1, 32, 32, 32),
+...                         columns={"age": ColumnSpec("continuous", unit="years")}) as w:
+...     w.append(volume, {"subject_id": "01", "age": 70.0})
+>>> store = VolumeStore.open("cohort.h5")
+
+See docs/store.md for the layout, crash safety and the ingest commands.
+"""
+
+from ssltk.store.reader import VolumeStore
+from ssltk.store.schema import ColumnSpec, StoreError
+from ssltk.store.writer import StoreWriter
+
+__all__ = ["ColumnSpec", "StoreError", "StoreWriter", "VolumeStore"]

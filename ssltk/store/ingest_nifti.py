@@ -1,0 +1,267 @@
+"""``ssltk ingest nifti``: a BIDS tree or a folder of NIfTI files -> one volume store.
+
+Each file is loaded with nibabel and preprocessed with MONAI transforms, in this order:
+reorient to RAS (``Orientation``), resample to ``spacing`` mm (``Spacing``, bilinear), normalise
+intensities (``percentile``: clip to the 0.5-99.5th percentiles and scale to [0, 1], the
+default, so values fit float16; ``zscore``: zero mean, unit variance inside the head mask
+``x > min + 1% of the range``, zero outside; ``none``), then pad with zeros or centre-crop to
+``shape`` (``ResizeWithPadOrCrop``). Normalising before padding keeps the padding equal to the
+background.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ssltk.store.ingest_common import (IngestError, IngestReport, Item, OnError, Processed,
+                                       Progress, dedupe, fail, open_or_resume, run_items,
+                                       sha256_file, write_skip_report)
+from ssltk.store.participants import Participants, read_participants, strip_prefix
+from ssltk.store.schema import ColumnSpec
+from ssltk.store.writer import StoreWriter
+
+Normalize = Literal["none", "zscore", "percentile"]
+PERCENTILES = (0.5, 99.5)
+_SUB = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
+_SES = re.compile(r"(?:^|_)ses-([A-Za-z0-9]+)")
+
+
+@dataclass(frozen=True)
+class NiftiOptions:
+    """Preprocessing of ``ssltk ingest nifti`` (recorded in the store's attrs).
+
+    Attributes:
+        shape: ``(D, H, W)`` to pad/crop to; None keeps the first volume's shape for all.
+        spacing: isotropic voxel size in mm to resample to; None keeps each file's grid.
+        normalize: ``percentile`` (default), ``zscore`` or ``none``.
+    """
+
+    shape: tuple[int, int, int] | None = None
+    spacing: float | None = None
+    normalize: Normalize = "percentile"
+
+    def record(self) -> dict:
+        """The JSON-able description stored as the ``preprocessing`` attr."""
+        rec = {"pipeline": "ssltk ingest nifti", "orientation": "RAS",
+               "shape": list(self.shape) if self.shape else None, "spacing": self.spacing,
+               "interpolation": "bilinear", "normalize": self.normalize}
+        if self.normalize == "percentile":
+            rec["percentiles"] = list(PERCENTILES)
+        return rec
+
+
+def _strip_nii(name: str) -> str:
+    return re.sub(r"\.nii(\.gz)?$", "", name)
+
+
+def _item_of(path: Path) -> Item:
+    """Subject and session from BIDS entities in the file name (or folders), else the stem."""
+    stem = _strip_nii(path.name)
+    sub = _SUB.search(stem)
+    if sub is None:
+        return Item(path, strip_prefix(stem, "sub-"))
+    ses = _SES.search(stem)
+    if ses is None:
+        ses = next((_SES.search(p) for p in reversed(path.parent.parts) if p.startswith("ses-")),
+                   None)
+    return Item(path, sub.group(1), ses.group(1) if ses else "")
+
+
+def discover_nifti(src: Path, pattern: str | None = None) -> list[Item]:
+    """NIfTI files under ``src``, sorted, each with its subject and session.
+
+    Without ``pattern``: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` when ``src`` holds ``sub-*``
+    folders (BIDS), else every ``*.nii``/``*.nii.gz`` directly in ``src``.
+    """
+    if pattern:
+        globs = [pattern]
+    elif any(p.is_dir() for p in src.glob("sub-*")):
+        globs = ["sub-*/anat/*_T1w.nii*", "sub-*/ses-*/anat/*_T1w.nii*"]
+    else:
+        globs = ["*.nii", "*.nii.gz"]
+    files = sorted({p for g in globs for p in src.glob(g)
+                    if p.is_file() and re.search(r"\.nii(\.gz)?$", p.name)})
+    if not files:
+        raise IngestError(f"no NIfTI files in {src} matching {' or '.join(globs)}; check the "
+                          f"path, or pass --pattern (e.g. '**/*.nii.gz')")
+    return [_item_of(p) for p in files]
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, H, W)`` float32 data and 4x4 affine; raises ValueError with the fix."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, EOFError, zlib.error, ImageFileError, HeaderDataError, ValueError) as exc:
+        raise ValueError(f"cannot read the image ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); the file is "
+                         f"corrupt or truncated: re-export or re-download it") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        what = f"4D with {data.shape[3]} volumes" if data.ndim == 4 else f"{data.ndim}D"
+        raise ValueError(f"image is {what} (shape {data.shape}), a 3D volume was expected: "
+                         f"extract one volume (e.g. fslroi) or exclude the file with --pattern")
+    bad = int((~np.isfinite(data)).sum())
+    if bad:
+        raise ValueError(f"image has {bad} NaN/Inf voxels; fix or remove the file")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def normalize(x: np.ndarray, mode: Normalize) -> np.ndarray:
+    """Intensity normalisation of a volume (any shape), see the module docstring."""
+    if mode == "none":
+        return x
+    if mode == "percentile":
+        lo, hi = np.percentile(x, PERCENTILES)
+        if hi <= lo:
+            raise ValueError("image is constant (no intensity range); remove the file")
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if mode == "zscore":
+        lo, hi = float(x.min()), float(x.max())
+        mask = x > lo + 0.01 * (hi - lo)
+        if mask.sum() < 2:
+            raise ValueError("image has no foreground to z-score; remove the file")
+        mean, std = float(x[mask].mean()), float(x[mask].std())
+        return np.where(mask, (x - mean) / max(std, 1e-8), 0.0).astype(np.float32)
+    raise IngestError(f"--normalize '{mode}' is not one of none, zscore, percentile")
+
+
+def preprocess(data: np.ndarray, affine: np.ndarray,
+               options: NiftiOptions) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``(D, H, W)`` data -> ``(1, *shape)`` float32 volume and its voxel size in mm."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, ResizeWithPadOrCrop, Spacing
+
+    x = MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine))
+    x = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(x)
+    if options.spacing is not None:
+        x = Spacing(pixdim=(options.spacing,) * 3, mode="bilinear")(x)
+    zooms = tuple(float(z) for z in np.sqrt((x.affine.numpy()[:3, :3] ** 2).sum(axis=0)))
+    vol = normalize(x.numpy().astype(np.float32, copy=False), options.normalize)
+    if options.shape is not None:
+        vol = ResizeWithPadOrCrop(spatial_size=options.shape)(torch.from_numpy(vol))
+        vol = vol.numpy() if isinstance(vol, torch.Tensor) else np.asarray(vol)
+    return np.ascontiguousarray(vol, dtype=np.float32), zooms
+
+
+def process_nifti(item: Item, options: NiftiOptions) -> Processed:
+    """Load, check, preprocess and hash one file (runs in a worker)."""
+    try:
+        data, affine = _load(item.path)
+        volume, zooms = preprocess(data, affine, options)
+    except ValueError as exc:
+        return Processed(error=str(exc))
+    return Processed(volume, sha256_file(item.path), info={"zooms": zooms})
+
+
+def attach_participants(items: list[Item], table: Participants | None, on_error: OnError,
+                        report: IngestReport) -> list[Item]:
+    """Give each item its participants row; files without a row fail, rows without a file warn."""
+    if table is None:
+        return items
+    kept = []
+    for item in items:
+        row = table.lookup(item.subject, item.session)
+        if row is None:
+            who = f"sub-{item.subject}" + (f" ses-{item.session}" if table.by_session else "")
+            fail(item.path, f"no row for {who} in {table.path.name}; add one (n/a for unknown "
+                            f"values) or remove the file", on_error, report)
+            continue
+        item.meta = dict(row)
+        kept.append(item)
+    unused = table.unused(i.key for i in items)
+    if unused:
+        shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10
+                                          else "")
+        report.warn(f"{table.path.name}: {len(unused)} row(s) have no image file: {shown}")
+    return kept
+
+
+class _LazyWriter:
+    """``get_writer`` of :func:`run_items`: creates the store on the first volume (without
+    ``--shape`` the grid is only known then) and warns about voxel sizes that differ."""
+
+    def __init__(self, writer: StoreWriter | None, report: IngestReport, options: NiftiOptions,
+                 **create: object):
+        self.writer, self.report, self.options, self.create = writer, report, options, create
+        self.spacing = writer.attrs.get("spacing") if writer is not None else None
+
+    def __call__(self, item: Item, result: Processed) -> StoreWriter:
+        zooms = result.info["zooms"]
+        if self.writer is None:
+            self.spacing = (self.options.spacing,) * 3 if self.options.spacing else zooms
+            self.writer = StoreWriter.create(shape=result.volume.shape, spacing=self.spacing,
+                                             preprocessing=self.options.record(), **self.create)
+        if self.spacing and not np.allclose(zooms, self.spacing, rtol=0.01):
+            self.report.warn(f"{item.path}: voxel size {tuple(round(z, 3) for z in zooms)} "
+                             f"differs from the store's {tuple(self.spacing)}; pass --spacing "
+                             f"to resample all files")
+        return self.writer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def ingest_nifti(src: str | Path, out: str | Path, participants: str | Path | None = None,
+                 options: NiftiOptions = NiftiOptions(), dtype: str = "float16",
+                 compression: str = "zstd", workers: int = 1, on_error: OnError = "abort",
+                 pattern: str | None = None, overwrite: bool = False,
+                 categorical: Iterable[str] = (), progress: Progress | None = None,
+                 ) -> IngestReport:
+    """Ingest NIfTI files into the store ``out``, resuming it when it exists.
+
+    Args:
+        src: a BIDS tree or a flat folder of ``.nii``/``.nii.gz``.
+        out: the store to create (or resume: rows whose (subject, session) are committed are
+            skipped; other preprocessing parameters are an error).
+        participants: table of metadata; default ``src/participants.tsv`` when present.
+        options: the preprocessing (see :class:`NiftiOptions`).
+        dtype, compression: of the stored volumes.
+        workers: processes loading and preprocessing files (the main process writes).
+        on_error: ``abort`` at the first bad file, or ``skip`` it and list it in
+            ``<out>.skipped.tsv``.
+        pattern: glob relative to ``src`` selecting the files.
+        overwrite: replace ``out`` instead of resuming it.
+        categorical: participants columns to keep categorical even when numeric.
+        progress: ``progress(done, total)`` after each file.
+    """
+    src, out = Path(src), Path(out)
+    report = IngestReport(out)
+    if participants is None and (src / "participants.tsv").is_file():
+        participants = src / "participants.tsv"
+    table = read_participants(participants, categorical) if participants else None
+    items = dedupe(discover_nifti(src, pattern), on_error, report)
+    items = attach_participants(items, table, on_error, report)
+    columns = {"subject_id": ColumnSpec("id"), "session": ColumnSpec("id"),
+               **(table.columns if table else {})}
+    writer = open_or_resume(out, overwrite, options.record(), columns, dtype, compression)
+    if writer is not None:
+        report.already = writer.committed
+        items = [i for i in items if i.key not in writer.keys()]
+    lazy = _LazyWriter(writer, report, path=out, columns=columns, dtype=dtype,
+                       compression=compression, options=options, overwrite=overwrite)
+    try:
+        run_items(items, functools.partial(process_nifti, options=options), lazy,
+                  on_error=on_error, workers=workers, report=report, total=len(items),
+                  progress=progress)
+    finally:
+        lazy.close()
+        write_skip_report(report)
+    if lazy.writer is None:
+        report.warn(f"no volume could be written, so {out} was not created")
+    return report

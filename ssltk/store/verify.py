@@ -1,0 +1,144 @@
+"""``ssltk store info`` and ``ssltk store verify``: describe a store, and check it end to end."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ssltk.store import schema
+from ssltk.store.ingest_common import sha256_file
+from ssltk.store.reader import VolumeStore, summarize
+from ssltk.store.writer import _open_h5, _row_datasets
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Everything ``ssltk store info`` shows, as a JSON-able dict.
+
+    Keys: path, format, version, rows (committed), uncommitted (rows of an interrupted batch),
+    shape, spatial_dims, dtype, compression, spacing, orientation, size_bytes,
+    bytes_per_volume, preprocessing, ssltk_version, created, columns (name -> kind, unit,
+    description and summary statistics: count/missing/mean/std/min/max for continuous
+    columns, counts per category for categorical ones, number of unique values for ids).
+    """
+    path = Path(path)
+    store = VolumeStore.open(path)
+    attrs = store.attrs
+    with _open_h5(path, "r") as f:
+        extent = int(f["volumes"].shape[0])
+    size = path.stat().st_size
+    columns = {}
+    for name, spec in store.columns.items():
+        columns[name] = {"kind": spec.kind, "unit": spec.unit, "description": spec.description,
+                         **summarize(store.meta[name], spec)}
+    return {
+        "path": str(path), "format": attrs.get("format"), "version": attrs.get("version"),
+        "rows": len(store), "uncommitted": max(0, extent - len(store)),
+        "shape": list(store.shape), "spatial_dims": store.spatial_dims,
+        "dtype": str(store.dtype), "compression": attrs.get("compression"),
+        "spacing": list(attrs["spacing"]) if attrs.get("spacing") else None,
+        "orientation": attrs.get("orientation"), "size_bytes": size,
+        "bytes_per_volume": size / len(store) if len(store) else None,
+        "preprocessing": attrs.get("preprocessing"), "ssltk_version": attrs.get("ssltk_version"),
+        "created": attrs.get("created"), "columns": columns,
+    }
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :func:`verify_store`: ``problems`` make it fail, ``notes`` do not."""
+
+    rows: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_sizes(f: h5py.File, n: int, result: VerifyResult) -> None:
+    for ds in _row_datasets(f):
+        if ds.shape[0] < n:
+            result.problems.append(f"{ds.name} has {ds.shape[0]} rows, fewer than the "
+                                   f"{n} committed")
+        elif ds.shape[0] > n and ds.name == "/volumes":
+            result.notes.append(f"{ds.shape[0] - n} uncommitted row(s) from an interrupted "
+                                f"write are ignored (re-running the ingest resumes)")
+    if n > 0 and any(ds.shape[0] < n for ds in _row_datasets(f)):
+        raise _Stop
+
+
+class _Stop(Exception):
+    """Internal: the structure is too broken to check rows."""
+
+
+def _check_volumes(store: VolumeStore, result: VerifyResult) -> None:
+    buf = np.empty((1, *store.shape), dtype=np.float32)
+    for i in range(len(store)):
+        try:
+            store.read_into([i], buf)
+        except (OSError, ValueError, RuntimeError) as exc:
+            result.problems.append(f"row {i}: volume unreadable ({exc})")
+            continue
+        bad = int((~np.isfinite(buf)).sum())
+        if bad:
+            result.problems.append(f"row {i} (subject '{store.meta['subject_id'][i]}'): "
+                                   f"{bad} NaN/Inf values")
+
+
+def _check_rows(store: VolumeStore, rehash: bool, result: VerifyResult) -> None:
+    subjects = store.meta["subject_id"]
+    sessions = store.meta.get("session", np.full(len(store), "", dtype="U1"))
+    for i in np.flatnonzero(subjects == ""):
+        result.problems.append(f"row {i}: empty subject_id")
+    counts = Counter(zip(subjects.tolist(), sessions.tolist()))
+    for (sub, ses), c in sorted(counts.items()):
+        if c > 1:
+            result.problems.append(f"subject '{sub}' session '{ses}' appears in {c} rows")
+    for i, src in enumerate(store.sources):
+        if not src["path"] and not src["sha256"]:
+            continue  # generated rows (synthetic cohort) have no source file
+        if not _SHA.match(src["sha256"]):
+            result.problems.append(f"row {i}: source {src['path']} has no valid sha256 hash "
+                                   f"({src['sha256']!r})")
+        elif rehash and Path(src["path"]).is_file() and sha256_file(Path(src["path"])) \
+                != src["sha256"]:
+            result.problems.append(f"row {i}: {src['path']} changed since ingest (sha256 "
+                                   f"differs)")
+
+
+def verify_store(path: str | Path, rehash: bool = False) -> VerifyResult:
+    """Check a store: structure, committed counter vs dataset sizes, every volume readable
+    and finite, unique (subject, session), a hash for every source file.
+
+    Args:
+        path: the store.
+        rehash: also re-hash source files that still exist and compare with the recorded hash.
+    """
+    path = Path(path)
+    result = VerifyResult()
+    try:
+        store = VolumeStore.open(path)
+    except (schema.StoreError, OSError, KeyError, ValueError) as exc:
+        result.problems.append(f"cannot open {path}: {exc}")
+        return result
+    result.rows = len(store)
+    try:
+        with _open_h5(path, "r") as f:
+            _check_sizes(f, len(store), result)
+    except _Stop:
+        return result
+    try:
+        _check_volumes(store, result)
+        _check_rows(store, rehash, result)
+    finally:
+        store.close()
+    return result
