@@ -106,7 +106,10 @@ def check_component(registry: Registry, kind: str, spec: ComponentSpec, path: st
         registry.get(kind, spec.name)
     except ConfigError as exc:
         raise ConfigError(f"{path}.name: {exc}") from None
-    return registry.config(kind, spec.name, spec.params(), path)
+    config = registry.config(kind, spec.name, spec.params(), path)
+    if kind == "objectives":
+        registry.get(kind, spec.name).check_nested(config, registry, path)
+    return config
 
 
 def check_components(config: BenchmarkConfig, registry: Registry) -> None:

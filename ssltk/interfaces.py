@@ -36,6 +36,7 @@ class Backbone(nn.Module, ABC):
     Built as ``cls(config, in_channels=C, spatial_dims=2|3)``.
 
     Attributes:
+        in_channels: input channels; spatial_dims: 2 or 3 (as built).
         out_dim: size of the pooled representation returned by :meth:`forward`.
         feature_channels: channels of each map returned by :meth:`forward_features`,
             from the highest resolution to the lowest.
@@ -44,6 +45,8 @@ class Backbone(nn.Module, ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    in_channels: int
+    spatial_dims: int
     out_dim: int
     feature_channels: tuple[int, ...]
     feature_strides: tuple[int, ...]
@@ -203,6 +206,14 @@ class Objective(nn.Module, ABC):
     def required_columns(self) -> tuple[str, ...]:
         """Metadata columns each batch must carry (anchors' and supervised heads' columns)."""
         return ()
+
+    @classmethod
+    def check_nested(cls, config: ComponentConfig, registry: Any, path: str) -> None:
+        """Validate settings that name other components (e.g. multitask's inner objective).
+
+        Called by config validation before anything is built, so ``ssltk validate`` reports
+        errors with their TOML path (``path`` is the objective's, e.g. ``pretrain.objectives[2]``).
+        """
 
     @abstractmethod
     def forward(self, batch: Batch) -> ObjectiveOutput: ...

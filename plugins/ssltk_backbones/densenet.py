@@ -35,6 +35,7 @@ class DenseNet121(Backbone):
     def __init__(self, config: DenseNetConfig, in_channels: int = 1, spatial_dims: int = 3):
         super().__init__()
         self.config = config
+        self.in_channels, self.spatial_dims = in_channels, spatial_dims
         self.net = MonaiDenseNet121(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1,
             init_features=config.init_features, growth_rate=config.growth_rate,

@@ -40,6 +40,7 @@ class _MonaiResNet(Backbone):
     def __init__(self, config: ResNetConfig, in_channels: int = 1, spatial_dims: int = 3):
         super().__init__()
         self.config = config
+        self.in_channels, self.spatial_dims = in_channels, spatial_dims
         self.net = ResNet(
             block=self.block, layers=self.layers, block_inplanes=[64, 128, 256, 512],
             spatial_dims=spatial_dims, n_input_channels=in_channels,

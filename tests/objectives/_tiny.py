@@ -1,0 +1,181 @@
+"""Tiny problems and a reference pretraining loop for objective tests.
+
+Imported by test modules as ``from _tiny import ...`` (pytest puts this folder on ``sys.path``).
+
+* :func:`pretrain_steps` – the plain loop every objective test trains with (AdamW, step,
+  ``on_step_end``), independent of the engine.
+* :func:`tiny_volumes`, :func:`tiny_meta`, :func:`flip_noise_views` – a fixed problem: a few
+  blob volumes in [0, 1], age (continuous, one missing) and sex (codes, one missing), views made
+  by a seeded flip + Gaussian noise.
+* :func:`with_genesis_transforms` – the registry, plus simple stand-ins for the four Genesis
+  augmentations when the augmentation plugin does not provide them (yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from ssltk import hookimpl
+from ssltk.interfaces import Augmentation, Batch, Objective
+from ssltk.registry import Registry, get_registry
+
+MakeViews = Callable[[Tensor, int, torch.Generator], list[Tensor]]
+
+
+# -- a fixed tiny problem -------------------------------------------------------------------
+def tiny_volumes(n: int = 4, spatial_dims: int = 3, size: int = 16, seed: int = 0) -> Tensor:
+    """``(n, 1, *[size] * spatial_dims)`` images in [0, 1]: two Gaussian blobs each."""
+    gen = torch.Generator().manual_seed(seed)
+    axes = torch.meshgrid(*[torch.linspace(-1, 1, size)] * spatial_dims, indexing="ij")
+    grid = torch.stack(axes)  # (d, *spatial)
+    out = torch.zeros((n, 1) + (size,) * spatial_dims)
+    for i in range(n):
+        for _ in range(2):
+            centre = torch.rand(spatial_dims, generator=gen) - 0.5
+            width = 0.2 + 0.3 * torch.rand(1, generator=gen)
+            d2 = ((grid - centre.view(-1, *[1] * spatial_dims)) ** 2).sum(0)
+            out[i, 0] += torch.exp(-d2 / (2 * width**2))
+    return out / out.amax(dim=tuple(range(1, out.dim())), keepdim=True)
+
+
+def tiny_meta(n: int = 4, missing: bool = True) -> dict[str, Tensor]:
+    """``age`` (float, NaN = missing) and ``sex`` (int64 codes, -1 = missing); with ``missing``
+    the last age and the first sex are missing."""
+    age = torch.linspace(60.0, 80.0, n)
+    sex = torch.arange(n, dtype=torch.int64) % 2
+    if missing:
+        age[-1] = float("nan")
+        sex[0] = -1
+    return {"age": age, "sex": sex}
+
+
+def flip_noise_views(volumes: Tensor, n_views: int, generator: torch.Generator) -> list[Tensor]:
+    """``n_views`` views: per sample a random flip of the last axis, N(0, 0.05) noise, clip."""
+    views = []
+    for _ in range(n_views):
+        flip = torch.rand(volumes.shape[0], generator=generator) < 0.5
+        v = torch.where(flip.view(-1, *[1] * (volumes.dim() - 1)), volumes.flip(-1), volumes)
+        noise = torch.randn(volumes.shape, generator=generator)
+        views.append((v + 0.05 * noise).clamp(0, 1))
+    return views
+
+
+def make_batch(objective: Objective, volumes: Tensor, meta: dict[str, Tensor],
+               generator: torch.Generator, make_views: MakeViews = flip_noise_views) -> Batch:
+    """One :class:`Batch` as the engine would build it for ``objective``."""
+    views = make_views(volumes, objective.n_views, generator)
+    original = volumes if objective.needs_original else None
+    return Batch(views=views, meta=meta, generator=generator, original=original)
+
+
+def pretrain_steps(objective: Objective, volumes: Tensor, meta: dict[str, Tensor], steps: int,
+                   lr: float = 1e-3, seed: int = 0,
+                   make_views: MakeViews = flip_noise_views) -> list[float]:
+    """Reference loop: ``steps`` AdamW steps of ``objective`` on the same volumes; the losses."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    objective.train()
+    losses = []
+    for _ in range(steps):
+        out = objective(make_batch(objective, volumes, meta, generator, make_views))
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        objective.on_step_end()
+        losses.append(float(out.loss.detach()))
+    return losses
+
+
+# -- stand-ins for the Genesis augmentations --------------------------------------------------
+def _boxes(x: Tensor, generator: torch.Generator, lo: float, hi: float) -> Tensor:
+    """``(B, 1, *spatial)`` bool masks: one random box per sample, sides in [lo, hi] x size."""
+    spatial = x.shape[2:]
+    mask = torch.zeros((x.shape[0], 1, *spatial), dtype=torch.bool)
+    for b in range(x.shape[0]):
+        slices = []
+        for n in spatial:
+            side = max(1, int(n * (lo + (hi - lo) * float(torch.rand(1, generator=generator)))))
+            start = int(torch.randint(0, n - side + 1, (1,), generator=generator))
+            slices.append(slice(start, start + side))
+        mask[(b, 0, *slices)] = True
+    return mask.to(x.device)
+
+
+class _Stub(Augmentation):
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        keep = torch.rand(x.shape[0], generator=generator) >= self.config.p
+        out = self.apply(x, generator)
+        return torch.where(keep.view(-1, *[1] * (x.dim() - 1)).to(x.device), x, out)
+
+
+class StubNonlinear(_Stub):
+    name = "genesis_nonlinear"
+
+    def apply(self, x, generator):
+        gamma = 0.5 + 1.5 * torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator)
+        return x.clamp(0, 1) ** gamma
+
+
+class StubLocalShuffle(_Stub):
+    name = "genesis_local_shuffle"
+
+    def apply(self, x, generator):
+        mask = _boxes(x, generator, 0.1, 0.3).expand_as(x)
+        out = x.clone()
+        vals = out[mask]
+        out[mask] = vals[torch.randperm(vals.numel(), generator=generator)]
+        return out
+
+
+class StubInpaint(_Stub):
+    name = "genesis_inpaint"
+
+    def apply(self, x, generator):
+        mask = _boxes(x, generator, 0.2, 0.4).expand_as(x)
+        return torch.where(mask, torch.rand(x.shape, generator=generator), x)
+
+
+class StubOutpaint(_Stub):
+    name = "genesis_outpaint"
+
+    def apply(self, x, generator):
+        mask = _boxes(x, generator, 0.5, 0.7).expand_as(x)
+        return torch.where(mask, x, torch.rand(x.shape, generator=generator))
+
+
+@hookimpl
+def _register_stubs(register):
+    for cls in (StubNonlinear, StubLocalShuffle, StubInpaint, StubOutpaint):
+        register(cls)
+
+
+GENESIS_TRANSFORMS = ("genesis_local_shuffle", "genesis_nonlinear", "genesis_inpaint",
+                      "genesis_outpaint")
+
+
+def with_genesis_transforms(extra: dict[str, object] | None = None) -> Registry:
+    """A fresh registry of installed plugins (+ ``extra``), with stand-in Genesis transforms
+    when no installed plugin registers them."""
+    registry = get_registry(extra=extra)
+    if all(n in registry.names("augmentations") for n in GENESIS_TRANSFORMS):
+        return registry
+    stubs = SimpleNamespace(register_augmentations=_register_stubs)
+    return get_registry(extra={**(extra or {}), "tiny_genesis_stubs": stubs})
+
+
+def backbone(registry: Registry, spatial_dims: int = 3, name: str = "resnet10",
+             **params) -> torch.nn.Module:
+    """A small backbone (resnet10 at a quarter width unless ``params`` say otherwise)."""
+    params = {"widen_factor": 0.25, **params} if name.startswith("resnet") else params
+    return registry.create("backbones", name, params, in_channels=1, spatial_dims=spatial_dims)
+
+
+def finite_grads(module: torch.nn.Module) -> Sequence[Tensor]:
+    """The gradients of ``module``'s parameters that are set, non-zero and finite."""
+    return [p.grad for p in module.parameters()
+            if p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0]
