@@ -182,6 +182,9 @@ class Objective(nn.Module, ABC):
         n_views: how many augmented views of each sample the engine must provide.
         needs_original: whether the engine must pass the un-augmented batch too.
         uses_anchor: whether the objective accepts an anchor (``anchor = {...}`` in the TOML).
+        sync_batchnorm: whether the engine may convert its batch norms to SyncBatchNorm under
+            DDP on GPU (False for objectives that manage BN statistics themselves, like MoCo's
+            shuffled BN).
     """
 
     name: ClassVar[str]
@@ -189,6 +192,7 @@ class Objective(nn.Module, ABC):
     n_views: ClassVar[int] = 2
     needs_original: ClassVar[bool] = False
     uses_anchor: ClassVar[bool] = False
+    sync_batchnorm: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -89,7 +89,7 @@ def wrap_ddp(module: nn.Module, ctx: Context) -> nn.Module:
     """DDP around ``module`` when distributed (SyncBN on GPU), else the module itself."""
     if not ctx.distributed:
         return module
-    if ctx.device.type == "cuda":
+    if ctx.device.type == "cuda" and getattr(module, "sync_batchnorm", True):
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

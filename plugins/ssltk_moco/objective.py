@@ -1,0 +1,150 @@
+"""The MoCo v2 objective: query encoder, momentum key encoder, queue of negatives."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from ssltk.distributed import (
+    randperm,
+    batch_shuffle,
+    batch_unshuffle,
+    concat_all_gather,
+    is_distributed,
+    world_size,
+)
+from ssltk.heads import ProjectionHeadConfig, build_projection_head
+from ssltk.interfaces import Batch, Objective, ObjectiveOutput
+from ssltk_moco.loss import moco_logits
+
+
+class MoCoConfig(ProjectionHeadConfig):
+    proj_hidden_dim: int | None = Field(
+        default=2048, ge=1, description="Hidden width of the MLP head (2048 in MoCo v2).")
+    temperature: float = Field(default=0.2, gt=0, description="InfoNCE temperature tau.")
+    momentum: float = Field(
+        default=0.999, ge=0, le=1, description="Key encoder momentum m: k <- m k + (1 - m) q.")
+    queue_size: int = Field(
+        default=4096, ge=1,
+        description="Negatives in the queue K (the paper: 65536 on ImageNet). Need not be a "
+                    "multiple of the batch size: the pointer wraps around.")
+    symmetric: bool = Field(
+        default=False, description="Use both views as queries and average the two losses.")
+    shuffle_bn: bool = Field(
+        default=True, description="Shuffled BN for the keys (across ranks under DDP).")
+    shuffle_bn_splits: int = Field(
+        default=2, ge=1,
+        description="Single process: 'virtual GPUs' whose key BN statistics are computed "
+                    "separately after a random permutation (1 disables).")
+
+
+class MoCo(Objective):
+    """MoCo v2 (He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive
+    Learning", arXiv:2003.04297, 2020).
+
+    Queries come from the backbone + MLP head; keys from a momentum copy of both (no gradient),
+    updated in :meth:`on_step_end`, i.e. after each optimiser step and so before the next
+    step's keys, the order of the official ``_momentum_update_key_encoder()``. Negatives are a
+    FIFO queue of past keys (buffers ``queue (K, D)`` and ``queue_ptr``, saved in checkpoints).
+    Keys use shuffled BN: across ranks under DDP (official code), or, in one process, BN
+    statistics computed on ``shuffle_bn_splits`` random chunks of the batch.
+
+    Logs: ``loss``, ``acc`` (top-1: the positive key beats every queued negative).
+    """
+
+    name = "moco"
+    Config = MoCoConfig
+    n_views = 2
+    sync_batchnorm = False  # shuffled BN needs per-rank statistics (official MoCo v2)
+
+    def __init__(self, config: MoCoConfig, backbone, anchor=None, registry=None):
+        super().__init__(config, backbone, anchor=anchor, registry=registry)
+        self.head = build_projection_head(config, backbone.out_dim)
+        self.key_backbone = copy.deepcopy(backbone)
+        self.key_head = copy.deepcopy(self.head)
+        for p in self._key_params():
+            p.requires_grad_(False)
+        queue = F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1)
+        self.register_buffer("queue", queue)  # (K, D), row j = one negative key
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def _key_params(self):
+        yield from self.key_backbone.parameters()
+        yield from self.key_head.parameters()
+
+    def _query_params(self):
+        yield from self.backbone.parameters()
+        yield from self.head.parameters()
+
+    def query(self, x: Tensor) -> Tensor:
+        """``(B, C, *spatial) -> (B, D)`` normalised queries."""
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+    def _encode_key(self, x: Tensor) -> Tensor:
+        return F.normalize(self.key_head(self.key_backbone(x)), dim=1)
+
+    @torch.no_grad()
+    def keys(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, C, *spatial) -> (B, D)`` normalised keys, with shuffled BN."""
+        if not self.config.shuffle_bn:
+            return self._encode_key(x)
+        if is_distributed() and world_size() > 1:
+            x_shuffled, idx_unshuffle = batch_shuffle(x, generator)
+            return batch_unshuffle(self._encode_key(x_shuffled), idx_unshuffle)
+        # One process: BN statistics per chunk of at least 2 samples, on a random split.
+        splits = max(1, min(self.config.shuffle_bn_splits, x.shape[0] // 2))
+        perm = randperm(x.shape[0], generator, x.device)
+        k = torch.cat([self._encode_key(chunk) for chunk in x[perm].chunk(splits)])
+        return k[torch.argsort(perm)]  # back to the input order
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """``theta_k <- m theta_k + (1 - m) theta_q`` over backbone and head parameters."""
+        m = self.config.momentum
+        for pk, pq in zip(self._key_params(), self._query_params(), strict=True):
+            pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Push ``keys`` ``(B, D)`` (every rank's, under DDP) into the queue, oldest out first."""
+        keys = concat_all_gather(keys)  # (W*B, D)
+        size = self.queue.shape[0]
+        keys = keys[-size:]  # a batch larger than the queue keeps its last K keys
+        n, ptr = keys.shape[0], int(self.queue_ptr)
+        idx = (ptr + torch.arange(n, device=keys.device)) % size  # wraps past the end
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + n) % size)
+
+    def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, float]:
+        # The loss in float32 even under autocast: logits are cosines / tau, up to 1 / tau.
+        with torch.autocast(q.device.type, enabled=False):
+            logits = moco_logits(q.float(), k.float(), queue.float(),
+                                 self.config.temperature)  # (B, 1 + K)
+            targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+            loss = F.cross_entropy(logits, targets)  # the positive is column 0
+        acc = (logits.detach().argmax(dim=1) == 0).float().mean().item()
+        return loss, acc
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        v1, v2 = batch.views
+        queue = self.queue.clone()  # enqueue below must not touch the tensor autograd saved
+        q1, k2 = self.query(v1), self.keys(v2, batch.generator)
+        loss, acc = self._contrast(q1, k2, queue)
+        new_keys, embeddings = k2, torch.stack([q1, k2])
+        if self.config.symmetric:
+            q2, k1 = self.query(v2), self.keys(v1, batch.generator)
+            loss2, acc2 = self._contrast(q2, k1, queue)
+            loss, acc = 0.5 * (loss + loss2), 0.5 * (acc + acc2)
+            new_keys, embeddings = torch.cat([k2, k1]), torch.stack([q1, q2])
+        if self.training:
+            self.enqueue(new_keys)
+        return ObjectiveOutput(loss=loss, logs={"loss": loss.item(), "acc": acc},
+                               embeddings=embeddings.detach().float())  # (2, B, D)
+
+    def on_step_end(self) -> None:
+        """Momentum update of the key encoder, after the optimiser step."""
+        self.momentum_update()
