@@ -42,6 +42,14 @@ class ObjectiveSpec(ComponentSpec):
     anchor: ComponentSpec | None = None
 
 
+class SynthSpec(StrictModel):
+    """How to build a missing store with ``ssltk synth`` (demo benchmarks)."""
+
+    subjects: int = Field(ge=4)
+    shape: list[int] = Field(min_length=2, max_length=3)
+    seed: int = 0
+
+
 class DataConfig(StrictModel):
     pretrain_store: Path | list[Path] = Field(
         description="HDF5 store(s) of unlabelled volumes to pretrain on (a list is a grid axis).")
@@ -50,6 +58,11 @@ class DataConfig(StrictModel):
     task: Literal["classification", "regression"] = "classification"
     classes: list[str] | None = Field(
         default=None, description="Classes of `target` to keep (classification), e.g. ['CN', 'AD'].")
+    synth: dict[Literal["pretrain", "finetune"], SynthSpec] = Field(
+        default_factory=dict, description="Build these stores with `ssltk synth` when missing.")
+    ingest_hints: dict[Literal["pretrain", "finetune"], str] = Field(
+        default_factory=dict, description="The command that builds a missing store, shown in "
+                                          "the error (e.g. an `ssltk ingest nifti ...` line).")
 
 
 class PretrainConfig(StrictModel):
@@ -57,6 +70,8 @@ class PretrainConfig(StrictModel):
     augmentations: list[ComponentSpec] | None = Field(
         default=None, description="Pipeline applied to make each view, in order; "
                                   "None uses ssltk.augment.DEFAULT_PIPELINE.")
+    augmentation_sets: dict[str, list[ComponentSpec]] | None = Field(
+        default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
@@ -67,16 +82,29 @@ class PretrainConfig(StrictModel):
 
 class FinetuneConfig(StrictModel):
     modes: list[Literal["frozen", "full"]] = Field(default_factory=lambda: ["frozen"], min_length=1)
-    label_fractions: list[float] = Field(default_factory=list)
-    n_per_class: list[int] = Field(default_factory=list)
-    epochs: int = Field(default=20, ge=1)
+    label_fractions: list[float] = Field(
+        default_factory=list, description="Fractions of the training pool (stratified).")
+    n_per_class: list[int] = Field(
+        default_factory=list, description="Subjects per class (balanced).")
+    n_total: list[int] = Field(
+        default_factory=list, description="Subjects in total (stratified by class).")
+    repeats: int = Field(default=1, ge=1, description="Split draws per seed.")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Of the labelled pool.")
+    test_fraction: float = Field(default=0.3, gt=0, lt=0.8, description="Of the labelled pool.")
+    stratify_site: str | None = Field(default=None, description="Also stratify splits by this column.")
+    epochs: int = Field(default=20, ge=1, description="Full finetuning only.")
     batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=1e-4, gt=0)
+    lr: float = Field(default=1e-3, gt=0, description="Head lr (full finetuning).")
+    encoder_lr_ratio: float = Field(default=0.1, gt=0, description="Encoder lr = lr * this.")
+    patience: int = Field(default=5, ge=1)
+    class_weighting: bool = False
+    augmentations: list[ComponentSpec] = Field(
+        default_factory=list, description="Applied to training batches in full finetuning.")
 
     @model_validator(mode="after")
     def _budgets(self) -> FinetuneConfig:
-        if not self.label_fractions and not self.n_per_class:
-            raise ValueError("give label_fractions and/or n_per_class")
+        if not self.label_fractions and not self.n_per_class and not self.n_total:
+            raise ValueError("give label_fractions, n_per_class and/or n_total")
         for f in self.label_fractions:
             if not 0 < f <= 1:
                 raise ValueError(f"label_fractions must be in (0, 1], got {f}")
@@ -89,6 +117,11 @@ class BenchmarkConfig(StrictModel):
     name: str
     output_dir: Path = Path("runs")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    devices: Literal["auto", "cpu"] | list[str] = Field(
+        default="auto", description="auto: every CUDA device (one process each), else the CPU.")
+    executor: Literal["local", "slurm", "submitit_local"] = "local"
+    slurm: dict[str, str | int | float] = Field(
+        default_factory=dict, description="submitit Slurm parameters (partition, timeout_min...).")
     data: DataConfig
     backbone: ComponentSpec
     pretrain: PretrainConfig
@@ -117,6 +150,12 @@ def check_components(config: BenchmarkConfig, registry: Registry) -> None:
     check_component(registry, "backbones", config.backbone, "backbone")
     for i, spec in enumerate(config.pretrain.augmentations or []):
         check_component(registry, "augmentations", spec, f"pretrain.augmentations[{i}]")
+    for label, specs in (config.pretrain.augmentation_sets or {}).items():
+        for i, spec in enumerate(specs):
+            check_component(registry, "augmentations", spec,
+                            f"pretrain.augmentation_sets.{label}[{i}]")
+    for i, spec in enumerate(config.finetune.augmentations):
+        check_component(registry, "augmentations", spec, f"finetune.augmentations[{i}]")
     for i, spec in enumerate(config.pretrain.objectives):
         path = f"pretrain.objectives[{i}]"
         check_component(registry, "objectives", spec, path)

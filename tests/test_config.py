@@ -63,7 +63,7 @@ def test_valid_config_loads_and_hashes_stably(tmp_path):
     ("epochs = 2", 'epochs = "two"', "pretrain.epochs: Input should be a valid integer"),
     ('modes = ["frozen", "full"]', 'modes = ["frozen", "ful"]',
      "finetune.modes[1]: Input should be 'frozen' or 'full'"),
-    ("n_per_class = [10, 20]", "", "finetune: Value error, give label_fractions and/or n_per_class"),
+    ("n_per_class = [10, 20]", "", "finetune: Value error, give label_fractions, n_per_class and/or n_total"),
     ('name = "demo"', "", "name: Field required"),
 ])
 def test_structure_errors_name_file_and_field(tmp_path, old, new, expected):

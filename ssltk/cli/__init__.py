@@ -69,6 +69,10 @@ def _register_commands() -> None:
     app.command("pretrain")(train.pretrain)
     app.command("embed")(train.embed)
     app.command("export")(train.export)
+    from ssltk.cli import report, run
+
+    app.command("run")(run.command)
+    app.command("report")(report.command)
     from ssltk.cli import ingest, store
     app.add_typer(ingest.app, name="ingest")
     app.add_typer(store.app, name="store")

@@ -18,4 +18,4 @@ def command(
     """Validate a benchmark TOML: structure, every component name and every parameter."""
     cfg = load_config(config, registry(ctx))
     console().print(f"[green]ok[/] {config}: benchmark '{cfg.name}', config hash "
-                    f"{cfg.content_hash()[:12]}")
+                    f"{cfg.content_hash()[:12]}", soft_wrap=True)

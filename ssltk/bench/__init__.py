@@ -1,0 +1,1 @@
+"""Benchmark runner: grid expansion, cell cache, scheduling, results, report and plots."""

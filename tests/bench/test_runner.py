@@ -1,0 +1,193 @@
+"""The benchmark runner: grid, shared pretraining, resume after kill -9, errors, dry runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ssltk.bench.results import read_results
+from ssltk.bench.runner import prepare, run_benchmark
+from ssltk.cli import app
+
+BENCHMARKS = sorted((Path(__file__).parents[2] / "benchmarks").glob("*.toml"))
+
+TINY = """
+name = "tiny"
+output_dir = "{out}"
+seeds = [0, 1]
+devices = "cpu"
+executor = "{executor}"
+
+[data]
+pretrain_store = "{store}"
+finetune_store = "{store}"
+target = "diagnosis"
+classes = ["CN", "AD"]
+
+[backbone]
+name = "resnet10"
+widen_factor = 0.25
+norm = "group"
+
+[pretrain]
+epochs = 1
+batch_size = 8
+augmentations = [{{name = "flip", p = 0.5}}, {{name = "gaussian_noise", p = 0.5}}]
+objectives = [{{name = "simclr"}}, {{name = "yaware", anchor = {{name = "rbf", columns = ["age"], sigma = 5.0}}}}]
+
+[finetune]
+modes = ["frozen"]
+n_per_class = [2, 4]
+val_fraction = 0.25
+test_fraction = 0.25
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, make_tiny_store):
+    return make_tiny_store(tmp_path_factory.mktemp("bench") / "tiny.h5", (1, 16, 16, 16), n=32)
+
+
+def write_config(tmp_path, store, name="tiny.toml", executor="local", **replace) -> Path:
+    text = TINY.format(out=tmp_path / "runs", store=store, executor=executor)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def metrics_by_cell(root: Path) -> dict[str, dict]:
+    return {r["cell"]: r["metrics"] for r in read_results(root / "results.jsonl")}
+
+
+def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, tiny_store):
+    config, grid = prepare(write_config(tmp_path, tiny_store))
+    # 2 objectives x 2 seeds pretraining runs; (2 + scratch) x 2 seeds x 2 budgets cells
+    assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 12
+    assert len({c.key for c in grid.cells}) == 12
+    by_split = {}
+    for cell in grid.cells:
+        by_split.setdefault((cell.seed, cell.budget.label), set()).add(cell.split_hash)
+    assert all(len(hashes) == 1 for hashes in by_split.values())  # every method, same split
+    small, large = (set(c.run.train_rows) for c in grid.cells
+                    if c.method == "scratch" and c.seed == 0)
+    assert small < large  # budgets nest
+    for cell in grid.cells:
+        sides = [set(cell.run.train_rows), set(cell.run.val_rows), set(cell.run.test_rows)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+
+
+def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path, tiny_store):
+    cfg = write_config(tmp_path, tiny_store)
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "runs" / "tiny"
+    records = read_results(root / "results.jsonl")
+    assert len(records) == 12
+    assert {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
+    assert len(list((root / "pretrain").iterdir())) == 4  # not one per cell
+    rec = records[0]
+    assert rec["config_hash"] and rec["split_hash"] and rec["versions"]["torch"]
+    assert (root / "report.md").exists() and (root / "results.csv").exists()
+    assert list((root / "figures").glob("*.png"))
+    assert "scratch" in result.output  # the summary table
+    again = CliRunner().invoke(app, ["run", str(cfg), "--no-report"])
+    assert "12 cells (12 already done)" in again.output
+
+
+KILLABLE = textwrap.dedent("""
+    import sys, time
+    from ssltk.bench import runner
+    finetune = runner.finetune
+    def slow_finetune(*args, **kw):  # leave the parent time to kill us mid-grid
+        out = finetune(*args, **kw)
+        time.sleep(0.4)
+        return out
+    runner.finetune = slow_finetune
+    runner.run_benchmark(sys.argv[1])
+""")
+
+
+def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_store):
+    (tmp_path / "a").mkdir()
+    killed_cfg = write_config(tmp_path / "a", tiny_store)
+    results = tmp_path / "a" / "runs" / "tiny" / "results.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(killed_cfg)])
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(read_results(results)) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the grid finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["cell"]: r["created"] for r in read_results(results)}
+    assert 5 <= len(before) < 12
+    run_benchmark(killed_cfg)
+    after = read_results(results)
+    assert len(after) == 12
+    assert all(r["created"] == before[r["cell"]] for r in after if r["cell"] in before)
+    (tmp_path / "b").mkdir()
+    reference = run_benchmark(write_config(tmp_path / "b", tiny_store))
+    assert metrics_by_cell(results.parent) == metrics_by_cell(reference)
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ('name = "simclr"', 'name = "simclrr"',
+     "pretrain.objectives[0].name: unknown objective 'simclrr'. Did you mean 'simclr'?"),
+    ('target = "diagnosis"', 'target = "dx"', "data.target: store"),
+    ('columns = ["age"]', 'columns = ["bmi"]', "pretrain.objectives[1].anchor: store"),
+    ("n_per_class = [2, 4]", "n_per_class = [2, 40]",
+     "finetune.n_per_class[1]: 40 per class, but class 'CN' has only"),
+    ('devices = "cpu"', 'devices = ["cuda:7"]', "devices[0]: device 'cuda:7' does not exist"),
+    ('classes = ["CN", "AD"]', 'classes = ["CN", "FTD"]', "class 'FTD' of data.classes"),
+])
+def test_bad_input_is_one_line_before_anything_runs(tmp_path, tiny_store, old, new, expected):
+    cfg = write_config(tmp_path, tiny_store, **{old: new})
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.output
+    assert not (tmp_path / "runs" / "tiny" / "pretrain").exists()
+
+
+def test_missing_store_names_the_command_that_builds_it(tmp_path, tiny_store):
+    cfg = write_config(tmp_path, tiny_store)
+    text = cfg.read_text().replace(f'pretrain_store = "{tiny_store}"',
+                                   'pretrain_store = "nope.h5"')
+    cfg.write_text(text.replace("[backbone]", 'ingest_hints.pretrain = "ssltk ingest nifti X '
+                                              '--out nope.h5"\n\n[backbone]'))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code != 0
+    assert ("data.pretrain_store: store nope.h5 does not exist; build it with: ssltk ingest "
+            "nifti X --out nope.h5") in result.output
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
+def test_dry_run_of_every_shipped_benchmark(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the shipped stores do not exist here: nothing is built
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "pretraining runs" in result.output and "cells" in result.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_submitit_local_executor(tmp_path, tiny_store):
+    pytest.importorskip("submitit")
+    cfg = write_config(tmp_path, tiny_store, executor="submitit_local",
+                       **{"seeds = [0, 1]": "seeds = [0]", "n_per_class = [2, 4]":
+                          "n_per_class = [2]"})
+    root = run_benchmark(cfg)
+    records = read_results(root / "results.jsonl")
+    assert len(records) == 3 and {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
+    assert list((root / "submitit").glob("*_result.pkl"))
