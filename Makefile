@@ -21,6 +21,7 @@ install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/ssltk list-plugins
+	$(BIN)/ssltk run benchmarks/quickstart.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

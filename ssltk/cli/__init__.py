@@ -67,6 +67,7 @@ def _register_commands() -> None:
     from ssltk.cli import train
 
     app.command("pretrain")(train.pretrain)
+    app.command("finetune")(train.finetune)
     app.command("embed")(train.embed)
     app.command("export")(train.export)
     from ssltk.cli import report, run

@@ -115,3 +115,56 @@ def print_metrics(metrics: dict, title: str) -> None:
         if isinstance(v, float):
             table.add_row(k, f"{v:.4f}")
     console().print(table)
+
+
+def finetune(
+    ctx: typer.Context,
+    config: Config,
+    encoder: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="encoder.pt of a pretraining (default: from scratch).")] = None,
+    mode: Annotated[str, typer.Option(help="frozen (linear probe) or full.")] = "frozen",
+    n_per_class: Annotated[int | None, typer.Option(help="Training subjects per class.")] = None,
+    n_total: Annotated[int | None, typer.Option(help="Training subjects in total.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Fraction of the training pool.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the first of `seeds`).")] = None,
+    repeat: Annotated[int, typer.Option(help="Split repeat index.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write metrics and predictions (JSON).")] = None,
+    device: Device = "auto",
+) -> None:
+    """Finetune one encoder (or scratch) on CONFIG's task: one cell of the benchmark grid."""
+    from ssltk.bench.grid import Budget
+    from ssltk.bench.splitting import base_split, budget_subset, load_cohort
+    from ssltk.engine import FinetuneRun
+    from ssltk.engine import finetune as run_finetune
+
+    if mode not in ("frozen", "full"):
+        raise ConfigError(f"--mode '{mode}' must be frozen or full")
+    given = [(k, v) for k, v in (("n_per_class", n_per_class), ("n_total", n_total),
+                                 ("fraction", fraction)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError("give one of --n-per-class, --n-total, --fraction")
+    reg = registry(ctx)
+    cfg = load_config(config, reg)
+    from ssltk.bench.grid import budgets
+
+    budget = Budget(*given[0]) if given else budgets(cfg)[0]
+    seed = cfg.seeds[0] if seed is None else seed
+    f = cfg.finetune
+    cohort = load_cohort(cfg)
+    pool, val, test = base_split(cohort, f.val_fraction, f.test_fraction, seed, repeat)
+    train = budget_subset(cohort, pool, budget, f"--{budget.kind.replace('_', '-')}")
+    run = FinetuneRun(
+        store=cfg.data.finetune_store, target=cfg.data.target, task=cfg.data.task,
+        classes=cfg.data.classes, backbone=cfg.backbone, encoder=encoder, mode=mode,
+        train_rows=cohort.rows[train].tolist(), val_rows=cohort.rows[val].tolist(),
+        test_rows=cohort.rows[test].tolist(), epochs=f.epochs, batch_size=f.batch_size,
+        lr=f.lr, encoder_lr_ratio=f.encoder_lr_ratio, patience=f.patience,
+        class_weighting=f.class_weighting, augmentations=f.augmentations,
+        precision=cfg.pretrain.precision, seed=seed)
+    result = run_finetune(run, registry=reg, device=device, progress=True)
+    print_metrics(result.metrics, f"{'scratch' if encoder is None else encoder} - {mode}, "
+                                  f"{budget.label}, seed {seed}: {len(train)} train / "
+                                  f"{len(val)} val / {len(test)} test subjects")
+    if out is not None:
+        result.save(out)
+        console().print(f"[green]wrote[/] {out}")

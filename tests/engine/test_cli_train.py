@@ -1,0 +1,85 @@
+"""``ssltk pretrain / finetune / embed / export`` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import torch
+from typer.testing import CliRunner
+
+from ssltk.cli import app
+
+CONFIG = """
+name = "cli"
+output_dir = "{out}"
+[data]
+pretrain_store = "{store}"
+finetune_store = "{store}"
+target = "diagnosis"
+classes = ["CN", "AD"]
+[backbone]
+name = "resnet10"
+widen_factor = 0.25
+[pretrain]
+epochs = 1
+batch_size = 4
+augmentations = []
+objectives = [{{name = "simclr"}}, {{name = "genesis"}}]
+[finetune]
+n_per_class = [3]
+val_fraction = 0.25
+test_fraction = 0.25
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_pretrain_finetune_embed_export(tmp_path, store3d):
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d))
+    out = tmp_path / "pt"
+    result = invoke("pretrain", cfg, "--objective", "genesis", "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    encoder = out / "encoder.pt"
+    assert encoder.exists() and "done" in result.output
+    assert "already done" in invoke("pretrain", cfg, "--objective", "genesis", "--out", out,
+                                    "--no-progress").output
+
+    result = invoke("finetune", cfg, "--encoder", encoder, "--n-per-class", 2,
+                    "--out", tmp_path / "ft.json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ft.json").read_text())["metrics"]
+    assert 0 <= metrics["roc_auc"] <= 1 and "roc_auc" in result.output
+
+    result = invoke("embed", store3d, "--out", tmp_path / "emb.h5", "--backbone", "resnet10",
+                    "--backbone-params", '{"widen_factor": 0.25}', "--encoder", encoder)
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "emb.h5") as f:
+        assert f["embeddings"].shape == (16, 128) and "diagnosis" in f["meta"]
+
+    result = invoke("export", encoder, "--out", tmp_path / "monai.pt")
+    assert result.exit_code == 0, result.output
+    from monai.networks.nets import ResNet
+
+    net = ResNet("basic", [1, 1, 1, 1], [64, 128, 256, 512], spatial_dims=3, n_input_channels=1,
+                 conv1_t_stride=2, widen_factor=0.25, feed_forward=False)
+    net.load_state_dict(torch.load(tmp_path / "monai.pt", weights_only=True))
+
+
+def test_cli_errors_are_one_line(tmp_path, store3d):
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d))
+    for args, expected in (
+        (("pretrain", cfg, "--objective", "byol"), "--objective 'byol' is not in"),
+        (("finetune", cfg, "--n-per-class", 50), "--n-per-class: 50 per class"),
+        (("finetune", cfg, "--mode", "linear"), "--mode 'linear' must be frozen or full"),
+        (("embed", store3d, "--out", tmp_path / "e.h5", "--backbone-params", "{oops"),
+         "--backbone-params is not valid JSON"),
+    ):
+        result = invoke(*args)
+        assert result.exit_code != 0
+        assert result.output.strip().splitlines() == [result.output.strip()]
+        assert expected in result.output, result.output
