@@ -61,7 +61,10 @@ COLUMNS = {
 
 
 def write_tiny_store(path, shape, n=16, seed=0):
-    """A store written with the public StoreWriter API (fast, no synth): ``n`` subjects; AD volumes carry a dark blob, so the task is learnable."""
+    """A tiny store written with the public StoreWriter API (fast, no synth).
+
+    ``n`` subjects, alternately CN and AD; AD volumes carry a dark band, so the task is learnable.
+    """
     rng = np.random.default_rng(seed)
     spatial = shape[1:]
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in spatial], indexing="ij"))
