@@ -65,19 +65,28 @@ class DataConfig(StrictModel):
                                           "the error (e.g. an `ssltk ingest nifti ...` line).")
 
 
-class PretrainConfig(StrictModel):
-    objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
-    augmentations: list[ComponentSpec] | None = Field(
-        default=None, description="Pipeline applied to make each view, in order; "
-                                  "None uses ssltk.augment.DEFAULT_PIPELINE.")
-    augmentation_sets: dict[str, list[ComponentSpec]] | None = Field(
-        default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
+class PretrainSettings(StrictModel):
+    """How to pretrain: shared by the TOML's ``[pretrain]`` table and the engine's PretrainRun."""
+
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     channels_last: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """Just the PretrainSettings fields, e.g. to build a PretrainRun from a config."""
+        return {k: getattr(self, k) for k in PretrainSettings.model_fields}
+
+
+class PretrainConfig(PretrainSettings):
+    objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
+    augmentations: list[ComponentSpec] | None = Field(
+        default=None, description="Pipeline applied to make each view, in order; "
+                                  "None uses ssltk.augment.DEFAULT_PIPELINE.")
+    augmentation_sets: dict[str, list[ComponentSpec]] | None = Field(
+        default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
 
 
 class FinetuneConfig(StrictModel):
@@ -129,8 +138,13 @@ class BenchmarkConfig(StrictModel):
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the resolved config (stable across key order)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return content_hash(self)
+
+
+def content_hash(model: BaseModel) -> str:
+    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter)."""
+    text = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> BaseModel:

@@ -129,11 +129,9 @@ def pretrain_jobs(config: BenchmarkConfig) -> list[PretrainJob]:
                 if len(stores) > 1:
                     method += f"@{Path(store).stem}"
                 for seed in config.seeds:
-                    run = PretrainRun(
-                        store=store, backbone=config.backbone, objective=objective,
-                        augmentations=augs, epochs=p.epochs, batch_size=p.batch_size,
-                        optimizer=p.optimizer, precision=p.precision,
-                        channels_last=p.channels_last, seed=seed)
+                    run = PretrainRun(store=store, backbone=config.backbone,
+                                      objective=objective, augmentations=augs, seed=seed,
+                                      **p.settings())
                     jobs.append(PretrainJob(method, run, aug_label))
     return jobs
 

@@ -130,6 +130,20 @@ def _budget_fields(config: BenchmarkConfig) -> dict[Budget, str]:
     return out
 
 
+def finetune_run(config: BenchmarkConfig, cohort: Cohort, split: tuple, mode: str,
+                 seed: int, encoder=None) -> FinetuneRun:
+    """The finetuning run of one cell: ``split`` is (train, val, test) indices into the cohort."""
+    f = config.finetune
+    train, val, test = (cohort.rows[idx].tolist() for idx in split)
+    return FinetuneRun(
+        store=config.data.finetune_store, target=config.data.target, task=config.data.task,
+        classes=config.data.classes, backbone=config.backbone, encoder=encoder, mode=mode,
+        train_rows=train, val_rows=val, test_rows=test, epochs=f.epochs,
+        batch_size=f.batch_size, lr=f.lr, encoder_lr_ratio=f.encoder_lr_ratio,
+        patience=f.patience, class_weighting=f.class_weighting,
+        augmentations=f.augmentations, precision=config.pretrain.precision, seed=seed)
+
+
 def expand(config: BenchmarkConfig) -> Grid:
     """Every pretraining job and finetuning cell; budgets are checked against the pool."""
     cohort = load_cohort(config)
@@ -146,17 +160,7 @@ def expand(config: BenchmarkConfig) -> Grid:
                 shash = split_hash(cohort, train, val, test)
                 for method, job in methods:
                     for mode in f.modes:
-                        run = FinetuneRun(
-                            store=config.data.finetune_store, target=config.data.target,
-                            task=config.data.task, classes=config.data.classes,
-                            backbone=config.backbone, mode=mode,
-                            train_rows=cohort.rows[train].tolist(),
-                            val_rows=cohort.rows[val].tolist(),
-                            test_rows=cohort.rows[test].tolist(), epochs=f.epochs,
-                            batch_size=f.batch_size, lr=f.lr,
-                            encoder_lr_ratio=f.encoder_lr_ratio, patience=f.patience,
-                            class_weighting=f.class_weighting, augmentations=f.augmentations,
-                            precision=config.pretrain.precision, seed=seed)
+                        run = finetune_run(config, cohort, (train, val, test), mode, seed)
                         grid.cells.append(Cell(method, job, mode, budget, seed, repeat, run,
                                                shash))
     return grid

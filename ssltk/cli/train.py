@@ -41,8 +41,7 @@ def pretrain_run(cfg: BenchmarkConfig, objective: str | None, seed: int | None):
     return PretrainRun(
         store=stores[0] if isinstance(stores, list) else stores, backbone=cfg.backbone,
         objective=pick_objective(cfg, objective), augmentations=p.augmentations,
-        epochs=p.epochs, batch_size=p.batch_size, optimizer=p.optimizer, precision=p.precision,
-        channels_last=p.channels_last, seed=cfg.seeds[0] if seed is None else seed)
+        seed=cfg.seeds[0] if seed is None else seed, **p.settings())
 
 
 def pretrain(
@@ -133,8 +132,7 @@ def finetune(
 ) -> None:
     """Finetune one encoder (or scratch) on CONFIG's task: one cell of the benchmark grid."""
     from ssltk.bench.grid import Budget
-    from ssltk.bench.splitting import base_split, budget_subset, load_cohort
-    from ssltk.engine import FinetuneRun
+    from ssltk.bench.splitting import base_split, budget_subset, finetune_run, load_cohort
     from ssltk.engine import finetune as run_finetune
 
     if mode not in ("frozen", "full"):
@@ -153,14 +151,7 @@ def finetune(
     cohort = load_cohort(cfg)
     pool, val, test = base_split(cohort, f.val_fraction, f.test_fraction, seed, repeat)
     train = budget_subset(cohort, pool, budget, f"--{budget.kind.replace('_', '-')}")
-    run = FinetuneRun(
-        store=cfg.data.finetune_store, target=cfg.data.target, task=cfg.data.task,
-        classes=cfg.data.classes, backbone=cfg.backbone, encoder=encoder, mode=mode,
-        train_rows=cohort.rows[train].tolist(), val_rows=cohort.rows[val].tolist(),
-        test_rows=cohort.rows[test].tolist(), epochs=f.epochs, batch_size=f.batch_size,
-        lr=f.lr, encoder_lr_ratio=f.encoder_lr_ratio, patience=f.patience,
-        class_weighting=f.class_weighting, augmentations=f.augmentations,
-        precision=cfg.pretrain.precision, seed=seed)
+    run = finetune_run(cfg, cohort, (train, val, test), mode, seed, encoder)
     result = run_finetune(run, registry=reg, device=device, progress=True)
     print_metrics(result.metrics, f"{'scratch' if encoder is None else encoder} - {mode}, "
                                   f"{budget.label}, seed {seed}: {len(train)} train / "

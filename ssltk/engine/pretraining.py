@@ -17,18 +17,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from ssltk.augment import DEFAULT_PIPELINE, Pipeline
-from ssltk.config import ComponentSpec, ObjectiveSpec, StrictModel, check_component
+from ssltk.config import ComponentSpec, ObjectiveSpec, PretrainSettings, check_component
 from ssltk.engine import runtime
 from ssltk.engine.batches import BatchReader, epoch_batches, rank_slice
 from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ssltk.engine.optim import OptimConfig, build_optimizer, clip_gradients, cosine_schedule
+from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
 from ssltk.errors import SsltkError
 from ssltk.interfaces import Batch, Objective
 from ssltk.registry import Registry, get_registry
@@ -37,7 +36,7 @@ from ssltk.store import VolumeStore
 log = logging.getLogger(__name__)
 
 
-class PretrainRun(StrictModel):
+class PretrainRun(PretrainSettings):
     """Everything that determines the weights a pretraining run ends with."""
 
     store: Path
@@ -46,12 +45,6 @@ class PretrainRun(StrictModel):
     objective: ObjectiveSpec
     augmentations: list[ComponentSpec] | None = Field(
         default=None, description="View pipeline; None uses ssltk.augment.DEFAULT_PIPELINE.")
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=16, ge=2, description="Global batch (split across ranks).")
-    optimizer: OptimConfig = Field(default_factory=OptimConfig)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
-    channels_last: bool = False
     seed: int = 0
 
     def content_hash(self) -> str:

@@ -5,7 +5,6 @@ precision, per-epoch statistics and the progress bar. Nothing here changes *what
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -15,18 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from ssltk.config import content_hash  # noqa: F401  (re-exported for the engine)
 from ssltk.engine.checkpoint import package_versions
 from ssltk.errors import SsltkError
-
-
-def content_hash(model: BaseModel) -> str:
-    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter)."""
-    text = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def provenance() -> dict:
