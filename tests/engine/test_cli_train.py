@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import h5py
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from ssltk.cli import app
+from ssltk.registry import get_registry
 
 CONFIG = """
 name = "cli"
@@ -25,7 +27,7 @@ widen_factor = 0.25
 epochs = 1
 batch_size = 4
 augmentations = []
-objectives = [{{name = "simclr"}}, {{name = "genesis"}}]
+objectives = [{{name = "{objective}"}}, {{name = "genesis"}}]
 [finetune]
 n_per_class = [3]
 val_fraction = 0.25
@@ -37,9 +39,25 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("objective", get_registry().names("objectives"))
+def test_every_objective_pretrains_and_finetunes_through_the_cli(objective, dims, tmp_path,
+                                                                   store2d, store3d):
+    store = store3d if dims == 3 else store2d
+    cfg = tmp_path / "cli.toml"
+    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store, objective=objective))
+    result = invoke("pretrain", cfg, "--objective", objective, "--out", tmp_path / "pt",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = invoke("finetune", cfg, "--encoder", tmp_path / "pt" / "encoder.pt",
+                    "--n-per-class", 2)
+    assert result.exit_code == 0, result.output
+    assert "roc_auc" in result.output
+
+
 def test_pretrain_finetune_embed_export(tmp_path, store3d):
     cfg = tmp_path / "cli.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d))
+    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d, objective="simclr"))
     out = tmp_path / "pt"
     result = invoke("pretrain", cfg, "--objective", "genesis", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
@@ -71,7 +89,7 @@ def test_pretrain_finetune_embed_export(tmp_path, store3d):
 
 def test_cli_errors_are_one_line(tmp_path, store3d):
     cfg = tmp_path / "cli.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d))
+    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d, objective="simclr"))
     for args, expected in (
         (("pretrain", cfg, "--objective", "byol"), "--objective 'byol' is not in"),
         (("finetune", cfg, "--n-per-class", 50), "--n-per-class: 50 per class"),
