@@ -1,0 +1,342 @@
+"""Synthetic brain-MRI cohort: MNI152 tissue maps, warped and aged per subject, in a store.
+
+The generative model (documented with figures in ``docs/synthetic-cohort.md``):
+
+1. Tissue maps: the MNI152 2009 grey-matter, white-matter and brain-mask templates that nilearn
+   ships (2 mm, no download); CSF = brain mask - GM - WM.
+2. Per subject: sex-dependent head size (global scale), a small rigid repositioning, a smooth
+   random displacement field (anatomical variability), ageing (ventricles expand, grey matter
+   thins) and, for MCI/AD, medial-temporal (hippocampal) atrophy on top; longitudinal sessions
+   keep the anatomy and let atrophy progress with age.
+3. Per site: tissue contrast, intensity gain, bias-field strength and Rician noise level.
+
+Every random draw comes from ``numpy.random.SeedSequence([seed, stream, subject, ...])``, so a
+subject's volumes depend only on the seed and its index: the same seed gives bit-identical
+stores, and a larger cohort starts with the same subjects as a smaller one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ssltk.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# MNI coordinates (mm) of the structures the model acts on.
+VENTRICLE_CENTRE = (0.0, -8.0, 14.0)
+VENTRICLE_SIGMA = (16.0, 26.0, 14.0)
+HIPPOCAMPI = ((-27.0, -22.0, -14.0), (27.0, -22.0, -14.0))
+HIPPOCAMPUS_SIGMA = (7.0, 13.0, 9.0)
+DIAGNOSES = ("CN", "MCI", "AD")
+AGE_RANGE = (55.0, 90.0)
+TISSUE_MEANS = (0.15, 0.55, 0.85)  # CSF, GM, WM: T1-weighted, normalised to ~[0, 1]
+_TEMPLATE_STEP = 2.0
+_MARGIN_MM = 6.0
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    """Acquisition effects of one site: tissue contrast, gain, bias field and noise."""
+
+    name: str
+    tissue_means: tuple[float, float, float]
+    gain: float
+    bias_sd: float
+    noise_sd: float
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything that defines one synthetic scan (a row of the store)."""
+
+    subject_index: int
+    subject_id: str
+    session: str
+    age: float
+    sex: str
+    site: int
+    diagnosis: str
+    head_scale: float
+    ventricle: float  # linear expansion of the ventricles (0.2 = 20%)
+    gm_loss: float  # fraction of grey matter turned to CSF everywhere
+    hippocampus: float  # medial-temporal shrinkage and grey-matter loss
+
+    def meta(self, sites: list[SiteParams]) -> dict:
+        """The row's metadata columns."""
+        return {"subject_id": self.subject_id, "session": self.session, "age": self.age,
+                "sex": self.sex, "site": sites[self.site].name, "diagnosis": self.diagnosis}
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
+
+
+def make_sites(n_sites: int, seed: int) -> list[SiteParams]:
+    """Draw the acquisition parameters of ``n_sites`` sites (named site-A, site-B, ...)."""
+    if not 1 <= n_sites <= 26:
+        raise ConfigError(f"sites: {n_sites} is out of range; use 1 to 26 sites.")
+    rng = _rng(seed, 0)
+    sites = []
+    for k in range(n_sites):
+        means = np.asarray(TISSUE_MEANS) + rng.uniform(-0.04, 0.04, 3)
+        sites.append(SiteParams(
+            name=f"site-{chr(65 + k)}", tissue_means=tuple(float(m) for m in means),
+            gain=float(rng.uniform(0.85, 1.05)), bias_sd=float(rng.uniform(0.04, 0.15)),
+            noise_sd=float(rng.uniform(0.01, 0.04))))
+    return sites
+
+
+def _diagnosis(rng: np.random.Generator, age: float) -> str:
+    a = (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0])
+    p_ad, p_mci = 0.10 + 0.30 * a, 0.25  # AD prevalence rises with age
+    return str(rng.choice(DIAGNOSES, p=[1.0 - p_ad - p_mci, p_mci, p_ad]))
+
+
+def subject_sessions(index: int, seed: int, n_sites: int,
+                     sessions_fraction: float) -> list[SessionSpec]:
+    """Draw one subject's demographics, diagnosis and atrophy for each of its sessions.
+
+    Args:
+        index: Subject index (0-based); the subject id is ``sub-{index + 1:04d}``.
+        seed: Cohort seed.
+        n_sites: Number of sites to assign the subject to.
+        sessions_fraction: Probability that the subject has 2-3 longitudinal sessions.
+
+    Returns:
+        One :class:`SessionSpec` per session, ages increasing.
+    """
+    rng = _rng(seed, 1, index)
+    longitudinal = rng.random() < sessions_fraction
+    gaps = np.cumsum(rng.uniform(1.0, 2.5, int(rng.integers(1, 3)))) if longitudinal else []
+    gaps = np.concatenate([[0.0], gaps])
+    age0 = float(np.clip(rng.normal(72.0, 8.0), AGE_RANGE[0], AGE_RANGE[1] - gaps[-1]))
+    sex = "F" if rng.random() < 0.55 else "M"
+    diagnosis = _diagnosis(rng, age0)
+    site = int(rng.integers(n_sites))
+    head = rng.normal(0.93 if sex == "F" else 1.0, 0.03)
+    brain_age = rng.normal(0.0, 0.12)  # faster or slower ager than the average
+    disease0, rate = {"CN": (0.0, 0.0), "MCI": (rng.uniform(0.02, 0.10), 0.015),
+                      "AD": (rng.uniform(0.08, 0.22), 0.03)}[diagnosis]
+    sessions = []
+    for j, gap in enumerate(gaps):
+        age = age0 + float(gap)
+        ageing = max(0.0, (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]) + brain_age)
+        disease = disease0 + rate * float(gap)
+        sessions.append(SessionSpec(
+            subject_index=index, subject_id=f"sub-{index + 1:04d}", session=f"ses-{j + 1:02d}",
+            age=round(age, 2), sex=sex, site=site, diagnosis=diagnosis, head_scale=float(head),
+            ventricle=0.03 + 0.22 * ageing + 0.6 * disease, gm_loss=0.02 + 0.10 * ageing
+            + 0.15 * disease, hippocampus=0.04 * ageing + disease))
+    return sessions
+
+
+def cohort_specs(subjects: int, seed: int, n_sites: int = 3,
+                 sessions_fraction: float = 0.2) -> list[SessionSpec]:
+    """All sessions of a cohort of ``subjects`` subjects, in row order."""
+    if subjects < 1:
+        raise ConfigError(f"subjects: {subjects} must be at least 1.")
+    if not 0.0 <= sessions_fraction <= 1.0:
+        raise ConfigError(f"sessions_fraction: {sessions_fraction} must lie in [0, 1].")
+    return [s for i in range(subjects) for s in subject_sessions(i, seed, n_sites,
+                                                                   sessions_fraction)]
+
+
+@functools.lru_cache(maxsize=1)
+def _mni_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue maps (4, X, Y, Z) = CSF, GM, WM, brain at 2 mm; their origin (mm); FOV box (mm)."""
+    from nilearn import datasets
+
+    gm = datasets.load_mni152_gm_template(resolution=2)
+    wm = datasets.load_mni152_wm_template(resolution=2).get_fdata()
+    brain = datasets.load_mni152_brain_mask(resolution=2).get_fdata()
+    origin = gm.affine[:3, 3].astype(np.float64)
+    gm = gm.get_fdata()
+    smooth = ndimage.gaussian_filter(brain, 0.7)
+    csf = np.clip(smooth - gm - wm, 0.0, 1.0)
+    maps = np.stack([csf, gm, wm, smooth]).astype(np.float32)
+    nz = np.argwhere(brain > 0)
+    box = np.stack([origin + _TEMPLATE_STEP * nz.min(0) - _MARGIN_MM,
+                    origin + _TEMPLATE_STEP * nz.max(0) + _MARGIN_MM])
+    return maps, origin, box
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The template prepared for one output shape."""
+
+    maps: torch.Tensor  # (1, 4, X, Y, Z), low-passed for the output spacing
+    points: torch.Tensor  # (N, 3) output voxel centres in MNI mm
+    origin: torch.Tensor  # (3,) template origin, mm
+    box: torch.Tensor  # (2, 3) field of view, mm
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+
+
+@functools.lru_cache(maxsize=8)
+def template_grid(shape: tuple[int, ...], slice_mm: float = -4.0) -> _Grid:
+    """Prepare (and cache) the template for an output ``shape``: 3-D (X, Y, Z) or 2-D (X, Y).
+
+    A 2-D shape is the axial plane at MNI ``z = slice_mm`` (through the medial temporal lobes
+    and the third ventricle).
+    """
+    if len(shape) not in (2, 3) or min(shape) < 4:
+        raise ConfigError(f"shape: {shape} must be 2 or 3 sizes of at least 4 voxels.")
+    maps, origin, box = _mni_maps()
+    step = (box[1] - box[0]) / np.asarray(shape + (1,) * (3 - len(shape)), dtype=np.float64)
+    factor = np.maximum(step[: len(shape)] / _TEMPLATE_STEP, 1.0)
+    sigma = np.concatenate([[0.0], (factor - 1.0) / 2.0, [0.0] * (3 - len(shape))])
+    if len(shape) == 2:
+        sigma[3] = sigma[1:3].mean()
+    smoothed = ndimage.gaussian_filter(maps, sigma) if sigma.max() > 0 else maps
+    axes = [box[0, d] + (np.arange(n) + 0.5) * step[d] for d, n in enumerate(shape)]
+    if len(shape) == 2:
+        axes.append(np.asarray([slice_mm]))
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return _Grid(maps=torch.from_numpy(np.ascontiguousarray(smoothed))[None],
+                 points=torch.from_numpy(points.astype(np.float32)),
+                 origin=torch.from_numpy(origin.astype(np.float32)),
+                 box=torch.from_numpy(box.astype(np.float32)), shape=tuple(shape),
+                 spacing=tuple(round(float(s), 4) for s in step[: len(shape)]))
+
+
+def _sample(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``volume`` (1, C, X, Y, Z) at normalised ``coords`` (N, 3) in
+    [-1, 1] along (X, Y, Z); returns (C, N)."""
+    grid = coords.flip(-1).reshape(1, 1, 1, -1, 3)  # grid_sample wants (z, y, x) order
+    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(volume.shape[1], -1)
+
+
+def _smooth_field(rng: np.random.Generator, grid: _Grid, channels: int, size: int,
+                  sd: float) -> torch.Tensor:
+    """A smooth random field (channels, N) at the grid points: Gaussian values on a coarse
+    ``size``^3 lattice spanning the field of view, interpolated trilinearly."""
+    coarse = torch.from_numpy(rng.normal(0.0, sd, (1, channels, size, size, size))
+                              .astype(np.float32))
+    norm = 2.0 * (grid.points - grid.box[0]) / (grid.box[1] - grid.box[0]) - 1.0
+    return _sample(coarse, norm)
+
+
+def _bump(points: torch.Tensor, centre: tuple, sigma: tuple) -> torch.Tensor:
+    """Anisotropic Gaussian weight (N,) around ``centre`` (mm)."""
+    z = (points - torch.tensor(centre)) / torch.tensor(sigma)
+    return torch.exp(-0.5 * (z * z).sum(-1))
+
+
+def _pullback(spec: SessionSpec, grid: _Grid, anatomy: np.random.Generator,
+              pose: np.random.Generator) -> torch.Tensor:
+    """Template coordinates (N, 3, mm) each output voxel samples: pose, head size, anatomical
+    variability, then ventricle expansion and hippocampal shrinkage."""
+    centre = grid.box.mean(0)
+    angles = pose.normal(0.0, np.deg2rad(2.0), 3)
+    rot = torch.from_numpy(_rotation(angles).astype(np.float32))
+    shift = torch.from_numpy(pose.normal(0.0, 2.0, 3).astype(np.float32))
+    q = (grid.points - centre - shift) @ rot / spec.head_scale + centre
+    q = q + _smooth_field(anatomy, grid, 3, 5, 2.5).T
+    vc = torch.tensor(VENTRICLE_CENTRE)
+    q = vc + (q - vc) * (1.0 - spec.ventricle * _bump(q, VENTRICLE_CENTRE, VENTRICLE_SIGMA))[:, None]
+    for hc in HIPPOCAMPI:  # sample farther from the centre: the structure shrinks
+        w = 0.8 * spec.hippocampus * _bump(q, hc, HIPPOCAMPUS_SIGMA)
+        q = q + (q - torch.tensor(hc)) * w[:, None]
+    return q
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def render_session(spec: SessionSpec, site: SiteParams, grid: _Grid, seed: int) -> np.ndarray:
+    """Render one scan.
+
+    Args:
+        spec: The session (anatomy, age, diagnosis, atrophy).
+        site: Its site's acquisition parameters.
+        grid: ``template_grid(shape)``.
+        seed: Cohort seed.
+
+    Returns:
+        float32 array (1, *shape), intensities in ~[0, 1] (background ~0).
+    """
+    anatomy = _rng(seed, 2, spec.subject_index)  # same anatomy in every session
+    session_index = int(spec.session.split("-")[1])
+    pose = _rng(seed, 3, spec.subject_index, session_index)
+    q = _pullback(spec, grid, anatomy, pose)
+    norm = 2.0 * (q - grid.origin) / (_TEMPLATE_STEP * (torch.tensor(grid.maps.shape[2:]) - 1)) - 1
+    csf, gm, wm, brain = _sample(grid.maps, norm)
+    hippo = sum(_bump(q, hc, HIPPOCAMPUS_SIGMA) for hc in HIPPOCAMPI)
+    lost = gm * torch.clamp(spec.gm_loss + 1.2 * spec.hippocampus * hippo, 0.0, 0.9)
+    gm, csf = gm - lost, csf + lost
+    m_csf, m_gm, m_wm = site.tissue_means
+    image = (m_csf * csf + m_gm * gm + m_wm * wm) * brain.clamp(0.0, 1.0)
+    bias = torch.exp(_smooth_field(pose, grid, 1, 3, site.bias_sd)[0])
+    image = (site.gain * image * bias).numpy()
+    noise = pose.standard_normal((2, image.size), dtype=np.float32) * site.noise_sd
+    image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude noise
+    return image.reshape((1,) + grid.shape).astype(np.float32)
+
+
+def make_cohort(out: str | Path, subjects: int, shape: tuple[int, ...], seed: int = 0, *,
+                sessions_fraction: float = 0.2, sites: int = 3, dtype: str = "float16",
+                compression: str = "zstd", overwrite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Path:
+    """Generate a synthetic cohort and write it as a volume store.
+
+    Args:
+        out: Path of the HDF5 store to create.
+        subjects: Number of subjects (about ``sessions_fraction`` of them get 2-3 sessions).
+        shape: Spatial shape, (X, Y, Z) or (X, Y) for one axial slice per scan.
+        seed: Seed; the same seed gives bit-identical volumes and metadata.
+        sessions_fraction: Fraction of subjects with longitudinal follow-up.
+        sites: Number of acquisition sites.
+        dtype: Stored dtype (``float16`` or ``float32``).
+        compression: Store compression (e.g. ``zstd``, ``lz4``, ``none``).
+        overwrite: Replace an existing store.
+        progress: Called as ``progress(done, total)`` after each scan.
+
+    Returns:
+        The store path. Columns: subject_id, session, age (years), sex (F/M), site, diagnosis
+        (CN/MCI/AD); volumes (1, *shape).
+    """
+    from ssltk.store import ColumnSpec, StoreWriter
+
+    shape = tuple(int(s) for s in shape)
+    specs = cohort_specs(subjects, seed, sites, sessions_fraction)
+    site_params = make_sites(sites, seed)
+    grid = template_grid(shape)
+    columns = {
+        "subject_id": ColumnSpec("id", description="synthetic subject"),
+        "session": ColumnSpec("id", description="ses-01 is the baseline"),
+        "age": ColumnSpec("continuous", unit="years", description="age at the scan"),
+        "sex": ColumnSpec("categorical", description="F or M"),
+        "site": ColumnSpec("categorical", description="acquisition site"),
+        "diagnosis": ColumnSpec("categorical", description="CN, MCI or AD"),
+    }
+    preprocessing = {"generator": "ssltk.store.synth", "seed": seed, "subjects": subjects,
+                     "sessions_fraction": sessions_fraction, "sites": sites,
+                     "template": "MNI152 2009 GM/WM/brain templates (nilearn, 2 mm)",
+                     "intensity": "T1-like, ~[0, 1]"}
+    with StoreWriter.create(out, shape=(1, *shape), columns=columns, dtype=dtype,
+                            compression=compression, spacing=grid.spacing,
+                            preprocessing=preprocessing, overwrite=overwrite) as writer:
+        for i, spec in enumerate(specs):
+            volume = render_session(spec, site_params[spec.site], grid, seed)
+            writer.append(volume, spec.meta(site_params), source=None)
+            if progress is not None:
+                progress(i + 1, len(specs))
+    logger.info("wrote %d scans of %d subjects to %s", len(specs), subjects, out)
+    return Path(out)
