@@ -77,7 +77,7 @@ class _MonaiViews(torch.utils.data.Dataset):
 def time_data_paths(store: Path, args) -> dict:
     """ms per batch of 2 views: ssltk's data path vs DataLoader + MONAI + default collate."""
     from ssltk.augment import Pipeline
-    from ssltk.engine.batches import BatchReader
+    from ssltk.data.loading import BatchReader
 
     reader = BatchReader(VolumeStore.open(store))
     pipeline = Pipeline.from_specs(get_registry(), DEFAULT_PIPELINE)

@@ -9,14 +9,13 @@ like. Every method (scratch included) sees exactly the same split: the pairing o
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from ssltk.bench.grid import SCRATCH, Budget, Cell, Grid, budgets, pretrain_jobs
 from ssltk.config import BenchmarkConfig
+from ssltk.data.splits import draw_budget, first_rows, split_hash, stratified_split
 from ssltk.engine.finetuning import FinetuneRun
 from ssltk.engine.targets import load_targets
 from ssltk.errors import ConfigError
@@ -45,9 +44,7 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
                 raise ConfigError(f"finetune.stratify_site: store {d.finetune_store} has no "
                                   f"column '{config.finetune.stratify_site}'")
             site = np.asarray(store.meta[config.finetune.stratify_site]).astype(str)
-    rows = targets.labelled_rows()
-    _, first = np.unique(subject_ids[rows], return_index=True)
-    rows = np.sort(rows[first])  # first labelled scan of each subject, store order
+    rows = first_rows(subject_ids, targets.labelled_rows())  # one scan per subject
     labels = targets.labels[rows]
     if d.task == "regression":  # strata: quintiles of the target
         strata = np.digitize(labels, np.quantile(labels, [0.2, 0.4, 0.6, 0.8]))
@@ -58,67 +55,16 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
     return Cohort(subject_ids[rows], rows, labels, strata, targets.classes or [])
 
 
-def _rng(seed: int, repeat: int) -> np.random.Generator:
-    return np.random.default_rng([seed, repeat, 0x5EED])
-
-
 def base_split(cohort: Cohort, val_fraction: float, test_fraction: float, seed: int,
                repeat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified (pool, val, test) index arrays into the cohort; pool in a random order."""
-    rng = _rng(seed, repeat)
-    pool, val, test = [], [], []
-    for stratum in np.unique(cohort.strata):
-        idx = rng.permutation(np.flatnonzero(cohort.strata == stratum))
-        n_test = int(round(test_fraction * len(idx)))
-        n_val = int(round(val_fraction * len(idx)))
-        test += idx[:n_test].tolist()
-        val += idx[n_test:n_test + n_val].tolist()
-        pool += idx[n_test + n_val:].tolist()
-    return rng.permutation(pool), np.sort(val), np.sort(test)
+    return stratified_split(cohort.strata, val_fraction, test_fraction, seed, repeat)
 
 
 def budget_subset(cohort: Cohort, pool: np.ndarray, budget: Budget, field: str) -> np.ndarray:
     """Training subjects of ``budget`` from ``pool`` (a prefix per class: budgets nest)."""
-    labels = cohort.labels[pool]
-    classes = np.unique(cohort.labels) if cohort.classes else np.unique(labels)
-    by_class = {c: pool[labels == c] for c in classes}
-    if budget.kind == "n_per_class":
-        n = int(budget.value)
-        for c, members in by_class.items():
-            if len(members) < n:
-                name = cohort.classes[c] if cohort.classes else c
-                raise ConfigError(f"{field}: {n} per class, but class '{name}' has only "
-                                  f"{len(members)} subject(s) in the training pool; lower it")
-        return np.sort(np.concatenate([m[:n] for m in by_class.values()]))
-    n_total = (int(budget.value) if budget.kind == "n_total"
-               else max(int(round(budget.value * len(pool))), len(by_class)))
-    if n_total > len(pool):
-        raise ConfigError(f"{field}: {n_total} subjects, but the training pool has only "
-                          f"{len(pool)} (after the validation and test sets); lower it")
-    counts = _allocate(n_total, {c: len(m) for c, m in by_class.items()})
-    return np.sort(np.concatenate([by_class[c][:k] for c, k in counts.items()]))
-
-
-def _allocate(n: int, sizes: dict) -> dict:
-    """Stratified counts summing to ``n``: proportional, largest remainder, >= 1 per class."""
-    total = sum(sizes.values())
-    exact = {c: n * s / total for c, s in sizes.items()}
-    counts = {c: max(1, min(sizes[c], int(e))) for c, e in exact.items()}
-    order = sorted(sizes, key=lambda c: exact[c] - int(exact[c]), reverse=True)
-    while sum(counts.values()) < n:
-        for c in order:
-            if sum(counts.values()) < n and counts[c] < sizes[c]:
-                counts[c] += 1
-    while sum(counts.values()) > n:
-        c = max(counts, key=lambda k: counts[k])
-        counts[c] -= 1
-    return counts
-
-
-def split_hash(cohort: Cohort, train, val, test) -> str:
-    sides = {name: sorted(cohort.subjects[idx].tolist())
-             for name, idx in (("train", train), ("val", val), ("test", test))}
-    return hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
+    return draw_budget(cohort.labels, pool, budget.kind, budget.value, field,
+                       cohort.classes or None)
 
 
 def _budget_fields(config: BenchmarkConfig) -> dict[Budget, str]:
@@ -157,7 +103,7 @@ def expand(config: BenchmarkConfig) -> Grid:
             pool, val, test = base_split(cohort, f.val_fraction, f.test_fraction, seed, repeat)
             for budget in budgets(config):
                 train = budget_subset(cohort, pool, budget, fields[budget])
-                shash = split_hash(cohort, train, val, test)
+                shash = split_hash(cohort.subjects, train, val, test)
                 for method, job in methods:
                     for mode in f.modes:
                         run = finetune_run(config, cohort, (train, val, test), mode, seed)

@@ -11,7 +11,7 @@ import torch
 
 from ssltk.config import ComponentSpec, check_component
 from ssltk.engine import runtime
-from ssltk.engine.batches import BatchReader
+from ssltk.data.loading import BatchReader
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ssltk.augment import Pipeline
 from ssltk.config import ComponentSpec, StrictModel, check_component
 from ssltk.engine import runtime
-from ssltk.engine.batches import BatchReader, epoch_batches
+from ssltk.data.loading import BatchReader, epoch_batches
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.engine.metrics import classification_metrics, regression_metrics
 from ssltk.engine.targets import Targets, load_targets

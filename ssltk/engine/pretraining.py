@@ -25,7 +25,7 @@ from pydantic import Field
 from ssltk.augment import DEFAULT_PIPELINE, Pipeline
 from ssltk.config import ComponentSpec, ObjectiveSpec, PretrainSettings, check_component
 from ssltk.engine import runtime
-from ssltk.engine.batches import BatchReader, epoch_batches, rank_slice
+from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
 from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
 from ssltk.errors import SsltkError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssltk.engine.batches import epoch_batches, rank_slice
+from ssltk.data.loading import epoch_batches, rank_slice
 from ssltk.engine.runtime import alignment_uniformity, read_history, resolve_device, step_generator
 from ssltk.engine.targets import load_targets
 from ssltk.errors import SsltkError

@@ -1,0 +1,13 @@
+"""Torch-side data access over a volume store, and subject-level splits.
+
+>>> from ssltk.data import VolumeDataset, make_loader, stratified_split, draw_budget
+"""
+
+from ssltk.data.loading import (BatchReader, VolumeDataset, epoch_batches, make_loader,
+                                meta_tensors, rank_slice)
+from ssltk.data.splits import (allocate, draw_budget, first_rows, split_hash, stratified_split,
+                               subject_rows)
+
+__all__ = ["BatchReader", "VolumeDataset", "allocate", "draw_budget", "epoch_batches",
+           "first_rows", "make_loader", "meta_tensors", "rank_slice", "split_hash",
+           "stratified_split", "subject_rows"]

@@ -1,0 +1,132 @@
+"""Subject-level splits: train/val/test, few-shot budgets, label fractions, stable hashes.
+
+Everything works on per-subject arrays (one entry per subject), so no subject can ever be on
+two sides; :func:`subject_rows` maps subjects back to all their rows (every session of a
+subject on the same side) and :func:`first_rows` to one scan each.
+
+>>> pool, val, test = stratified_split(labels, val_fraction=0.2, test_fraction=0.3, seed=0)
+>>> train = draw_budget(labels, pool, "n_per_class", 10)          # balanced few-shot
+>>> train = draw_budget(labels, pool, "fraction", 0.1)            # 10 % of the pool
+>>> split_hash(subjects, train, val, test)                        # stable id of the split
+
+Budgets drawn from the same pool nest: the subjects of a smaller budget are a subset of a
+larger one's (each class's pool order is fixed), which keeps label-efficiency curves paired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from ssltk.errors import ConfigError
+
+BUDGET_KINDS = ("n_per_class", "n_total", "fraction")
+
+
+def first_rows(subject_ids: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:
+    """The first of ``rows`` (all rows if None) of each subject, in store order."""
+    subject_ids = np.asarray(subject_ids).astype(str)
+    rows = np.arange(len(subject_ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+    _, first = np.unique(subject_ids[rows], return_index=True)
+    return np.sort(rows[first])
+
+
+def subject_rows(subject_ids: Sequence[str], subjects: Sequence[str]) -> np.ndarray:
+    """Every row (session) of ``subjects``: ``(R,)`` sorted row indices."""
+    return np.flatnonzero(np.isin(np.asarray(subject_ids).astype(str), np.asarray(subjects)))
+
+
+def stratified_split(strata: Sequence, val_fraction: float, test_fraction: float, seed: int,
+                     repeat: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split subjects into (pool, val, test), stratified by ``strata`` (e.g. class, or class x site).
+
+    Args:
+        strata: ``(S,)`` one stratum per subject.
+        val_fraction, test_fraction: shares of each stratum (rounded per stratum).
+        seed, repeat: the draw; the same pair always gives the same split.
+
+    Returns:
+        Index arrays into the subjects. ``pool`` (what budgets draw from) is in a random order;
+        ``val`` and ``test`` are sorted.
+    """
+    strata = np.asarray(strata)
+    rng = np.random.default_rng([seed, repeat, 0x5EED])
+    pool, val, test = [], [], []
+    for stratum in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == stratum))
+        n_test = int(round(test_fraction * len(idx)))
+        n_val = int(round(val_fraction * len(idx)))
+        test += idx[:n_test].tolist()
+        val += idx[n_test:n_test + n_val].tolist()
+        pool += idx[n_test + n_val:].tolist()
+    return (rng.permutation(np.asarray(pool, dtype=np.int64)), np.sort(val).astype(np.int64),
+            np.sort(test).astype(np.int64))
+
+
+def draw_budget(labels: Sequence[int], pool: Sequence[int], kind: str, value: float,
+                field: str = "budget", class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Training subjects of a label budget, drawn from ``pool`` (in its order, so budgets nest).
+
+    Args:
+        labels: ``(S,)`` class index per subject.
+        pool: candidate subject indices, in the order to draw them.
+        kind: ``n_per_class`` (balanced), ``n_total`` (stratified, >= 1 per class) or
+            ``fraction`` of the pool (stratified, >= 1 per class).
+        value: the count or fraction.
+        field: the config field named in errors.
+        class_names: names of the class indices, for errors.
+
+    Raises:
+        ConfigError: the budget needs more subjects than the pool has (naming the class).
+    """
+    labels, pool = np.asarray(labels), np.asarray(pool, dtype=np.int64)
+    by_class = {c: pool[labels[pool] == c] for c in np.unique(labels[pool])}
+    if class_names is not None:
+        absent = [name for c, name in enumerate(class_names) if c not in by_class]
+        if absent:
+            raise ConfigError(f"{field}: class '{absent[0]}' has no subject in the training "
+                              "pool; use more subjects or smaller validation/test fractions")
+    if kind == "n_per_class":
+        n = int(value)
+        for c, members in by_class.items():
+            if len(members) < n:
+                name = class_names[c] if class_names is not None else c
+                raise ConfigError(f"{field}: {n} per class, but class '{name}' has only "
+                                  f"{len(members)} subject(s) in the training pool; lower it")
+        return np.sort(np.concatenate([m[:n] for m in by_class.values()]))
+    if kind not in BUDGET_KINDS:
+        raise ValueError(f"budget kind must be one of {BUDGET_KINDS}, got {kind!r}")
+    n_total = (int(value) if kind == "n_total"
+               else max(int(round(value * len(pool))), len(by_class)))
+    if n_total > len(pool):
+        raise ConfigError(f"{field}: {n_total} subjects, but the training pool has only "
+                          f"{len(pool)} (after the validation and test sets); lower it")
+    counts = allocate(n_total, {c: len(m) for c, m in by_class.items()})
+    return np.sort(np.concatenate([by_class[c][:k] for c, k in counts.items()]))
+
+
+def allocate(n: int, sizes: dict) -> dict:
+    """Stratified counts summing to ``n``: proportional (largest remainder), >= 1 per class."""
+    total = sum(sizes.values())
+    exact = {c: n * s / total for c, s in sizes.items()}
+    counts = {c: max(1, min(sizes[c], int(e))) for c, e in exact.items()}
+    order = sorted(sizes, key=lambda c: exact[c] - int(exact[c]), reverse=True)
+    while sum(counts.values()) < n:
+        for c in order:
+            if sum(counts.values()) < n and counts[c] < sizes[c]:
+                counts[c] += 1
+    while sum(counts.values()) > n:
+        c = max(counts, key=lambda k: counts[k])
+        counts[c] -= 1
+    return counts
+
+
+def split_hash(subjects: Sequence[str], train, val, test) -> str:
+    """sha256 of the sorted subject ids of each side: the same split always has the same hash."""
+    subjects = np.asarray(subjects).astype(str)
+    sides = {name: sorted(subjects[np.asarray(idx, dtype=np.int64)].tolist())
+             for name, idx in (("train", train), ("val", val), ("test", test))}
+    return hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
