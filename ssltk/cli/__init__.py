@@ -77,6 +77,8 @@ def _register_commands() -> None:
     from ssltk.cli import ingest, store
     app.add_typer(ingest.app, name="ingest")
     app.add_typer(store.app, name="store")
+    from ssltk.cli import synth
+    app.command("synth")(synth.command)
 
 
 _register_commands()

@@ -6,8 +6,9 @@ The generative model (documented with figures in ``docs/synthetic-cohort.md``):
    ships (2 mm, no download); CSF = brain mask - GM - WM.
 2. Per subject: sex-dependent head size (global scale), a small rigid repositioning, a smooth
    random displacement field (anatomical variability), ageing (ventricles expand, grey matter
-   thins) and, for MCI/AD, medial-temporal (hippocampal) atrophy on top; longitudinal sessions
-   keep the anatomy and let atrophy progress with age.
+   thins) and, for MCI/AD, a disease severity (MCI about halfway to AD) that enlarges the
+   ventricles further, shrinks the medial temporal lobes and thins the temporo-parietal cortex;
+   longitudinal sessions keep the anatomy and let atrophy progress with age and disease.
 3. Per site: tissue contrast, intensity gain, bias-field strength and Rician noise level.
 
 Every random draw comes from ``numpy.random.SeedSequence([seed, stream, subject, ...])``, so a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,21 @@ VENTRICLE_CENTRE = (0.0, -8.0, 14.0)
 VENTRICLE_SIGMA = (16.0, 26.0, 14.0)
 HIPPOCAMPI = ((-27.0, -22.0, -14.0), (27.0, -22.0, -14.0))
 HIPPOCAMPUS_SIGMA = (7.0, 13.0, 9.0)
+# Temporo-parietal cortex and precuneus: the cortical "AD signature" (Dickerson et al. 2009).
+AD_CORTEX = ((-50.0, -45.0, 10.0), (50.0, -45.0, 10.0), (0.0, -62.0, 38.0))
+AD_CORTEX_SIGMA = (12.0, 18.0, 14.0)
 DIAGNOSES = ("CN", "MCI", "AD")
 AGE_RANGE = (55.0, 90.0)
 TISSUE_MEANS = (0.15, 0.55, 0.85)  # CSF, GM, WM: T1-weighted, normalised to ~[0, 1]
+
+# Effect sizes (docs/synthetic-cohort.md). ``a`` is the ageing score (0 at 55, 1 at 90, plus a
+# per-subject brain-age offset), ``d`` the disease severity (CN 0, MCI ~0.4, AD ~0.8).
+SEVERITY = {"CN": (0.0, 0.0, 0.0), "MCI": (0.25, 0.55, 0.05), "AD": (0.6, 1.0, 0.08)}
+BRAIN_AGE_SD = 0.12  # per-subject offset of the ageing score (faster or slower agers)
+VENTRICLE_AGE, VENTRICLE_AD = 0.35, 0.40  # linear ventricle expansion per unit of a, of d
+GM_AGE, GM_AD = 0.15, 0.04  # global grey-matter loss per unit of a, of d
+MTL_AGE, MTL_AD = 0.04, 0.60  # medial-temporal atrophy per unit of a, of d
+CORTEX_AD = 0.50  # temporo-parietal grey-matter loss per unit of d
 _TEMPLATE_STEP = 2.0
 _MARGIN_MM = 6.0
 
@@ -70,6 +84,7 @@ class SessionSpec:
     ventricle: float  # linear expansion of the ventricles (0.2 = 20%)
     gm_loss: float  # fraction of grey matter turned to CSF everywhere
     hippocampus: float  # medial-temporal shrinkage and grey-matter loss
+    cortex: float = 0.0  # extra grey-matter loss in the temporo-parietal "AD signature"
 
     def meta(self, sites: list[SiteParams]) -> dict:
         """The row's metadata columns."""
@@ -91,8 +106,8 @@ def make_sites(n_sites: int, seed: int) -> list[SiteParams]:
         means = np.asarray(TISSUE_MEANS) + rng.uniform(-0.04, 0.04, 3)
         sites.append(SiteParams(
             name=f"site-{chr(65 + k)}", tissue_means=tuple(float(m) for m in means),
-            gain=float(rng.uniform(0.85, 1.05)), bias_sd=float(rng.uniform(0.04, 0.15)),
-            noise_sd=float(rng.uniform(0.01, 0.04))))
+            gain=float(rng.uniform(0.85, 1.05)), bias_sd=float(rng.uniform(0.02, 0.08)),
+            noise_sd=float(rng.uniform(0.01, 0.03))))
     return sites
 
 
@@ -124,19 +139,20 @@ def subject_sessions(index: int, seed: int, n_sites: int,
     diagnosis = _diagnosis(rng, age0)
     site = int(rng.integers(n_sites))
     head = rng.normal(0.93 if sex == "F" else 1.0, 0.03)
-    brain_age = rng.normal(0.0, 0.12)  # faster or slower ager than the average
-    disease0, rate = {"CN": (0.0, 0.0), "MCI": (rng.uniform(0.02, 0.10), 0.015),
-                      "AD": (rng.uniform(0.08, 0.22), 0.03)}[diagnosis]
+    brain_age = rng.normal(0.0, BRAIN_AGE_SD)  # faster or slower ager than the average
+    low, high, rate = SEVERITY[diagnosis]
+    severity0 = low + (high - low) * rng.random()
     sessions = []
     for j, gap in enumerate(gaps):
         age = age0 + float(gap)
         ageing = max(0.0, (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]) + brain_age)
-        disease = disease0 + rate * float(gap)
+        d = severity0 + rate * float(gap)
         sessions.append(SessionSpec(
             subject_index=index, subject_id=f"sub-{index + 1:04d}", session=f"ses-{j + 1:02d}",
             age=round(age, 2), sex=sex, site=site, diagnosis=diagnosis, head_scale=float(head),
-            ventricle=0.03 + 0.22 * ageing + 0.6 * disease, gm_loss=0.02 + 0.10 * ageing
-            + 0.15 * disease, hippocampus=0.04 * ageing + disease))
+            ventricle=0.03 + VENTRICLE_AGE * ageing + VENTRICLE_AD * d,
+            gm_loss=0.02 + GM_AGE * ageing + GM_AD * d,
+            hippocampus=MTL_AGE * ageing + MTL_AD * d, cortex=CORTEX_AD * d))
     return sessions
 
 
@@ -176,10 +192,25 @@ class _Grid:
 
     maps: torch.Tensor  # (1, 4, X, Y, Z), low-passed for the output spacing
     points: torch.Tensor  # (N, 3) output voxel centres in MNI mm
+    field_points: torch.Tensor  # (M, 3) where the smooth fields are computed (M <= N)
+    field_shape: tuple[int, ...] | None  # their lattice, or None when they are ``points``
     origin: torch.Tensor  # (3,) template origin, mm
     box: torch.Tensor  # (2, 3) field of view, mm
     shape: tuple[int, ...]
     spacing: tuple[float, ...]
+
+
+_LATTICE = 40  # smooth fields are computed on at most 40^3 points, then interpolated
+
+
+def _centres(box: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
+    step = (box[1] - box[0])[: len(shape)] / np.asarray(shape)
+    return [box[0, d] + (np.arange(n) + 0.5) * step[d] for d, n in enumerate(shape)]
+
+
+def _mesh(axes: list[np.ndarray]) -> torch.Tensor:
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return torch.from_numpy(points.astype(np.float32))
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,21 +223,22 @@ def template_grid(shape: tuple[int, ...], slice_mm: float = -4.0) -> _Grid:
     if len(shape) not in (2, 3) or min(shape) < 4:
         raise ConfigError(f"shape: {shape} must be 2 or 3 sizes of at least 4 voxels.")
     maps, origin, box = _mni_maps()
-    step = (box[1] - box[0]) / np.asarray(shape + (1,) * (3 - len(shape)), dtype=np.float64)
-    factor = np.maximum(step[: len(shape)] / _TEMPLATE_STEP, 1.0)
+    step = (box[1] - box[0])[: len(shape)] / np.asarray(shape, dtype=np.float64)
+    factor = np.maximum(step / _TEMPLATE_STEP, 1.0)
     sigma = np.concatenate([[0.0], (factor - 1.0) / 2.0, [0.0] * (3 - len(shape))])
     if len(shape) == 2:
         sigma[3] = sigma[1:3].mean()
     smoothed = ndimage.gaussian_filter(maps, sigma) if sigma.max() > 0 else maps
-    axes = [box[0, d] + (np.arange(n) + 0.5) * step[d] for d, n in enumerate(shape)]
-    if len(shape) == 2:
-        axes.append(np.asarray([slice_mm]))
-    points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    return _Grid(maps=torch.from_numpy(np.ascontiguousarray(smoothed))[None],
-                 points=torch.from_numpy(points.astype(np.float32)),
-                 origin=torch.from_numpy(origin.astype(np.float32)),
+    axes = _centres(box, shape) + ([np.asarray([slice_mm])] if len(shape) == 2 else [])
+    points = _mesh(axes)
+    field_shape = None
+    if len(shape) == 3 and max(shape) > _LATTICE:
+        field_shape = tuple(min(n, _LATTICE) for n in shape)
+    return _Grid(maps=torch.from_numpy(np.ascontiguousarray(smoothed))[None], points=points,
+                 field_points=_mesh(_centres(box, field_shape)) if field_shape else points,
+                 field_shape=field_shape, origin=torch.from_numpy(origin.astype(np.float32)),
                  box=torch.from_numpy(box.astype(np.float32)), shape=tuple(shape),
-                 spacing=tuple(round(float(s), 4) for s in step[: len(shape)]))
+                 spacing=tuple(round(float(s), 4) for s in step))
 
 
 def _sample(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -219,36 +251,18 @@ def _sample(volume: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 def _smooth_field(rng: np.random.Generator, grid: _Grid, channels: int, size: int,
                   sd: float) -> torch.Tensor:
-    """A smooth random field (channels, N) at the grid points: Gaussian values on a coarse
+    """A smooth random field (channels, M) at the field points: Gaussian values on a coarse
     ``size``^3 lattice spanning the field of view, interpolated trilinearly."""
     coarse = torch.from_numpy(rng.normal(0.0, sd, (1, channels, size, size, size))
                               .astype(np.float32))
-    norm = 2.0 * (grid.points - grid.box[0]) / (grid.box[1] - grid.box[0]) - 1.0
+    norm = 2.0 * (grid.field_points - grid.box[0]) / (grid.box[1] - grid.box[0]) - 1.0
     return _sample(coarse, norm)
 
 
 def _bump(points: torch.Tensor, centre: tuple, sigma: tuple) -> torch.Tensor:
-    """Anisotropic Gaussian weight (N,) around ``centre`` (mm)."""
+    """Anisotropic Gaussian weight (M,) around ``centre`` (mm)."""
     z = (points - torch.tensor(centre)) / torch.tensor(sigma)
     return torch.exp(-0.5 * (z * z).sum(-1))
-
-
-def _pullback(spec: SessionSpec, grid: _Grid, anatomy: np.random.Generator,
-              pose: np.random.Generator) -> torch.Tensor:
-    """Template coordinates (N, 3, mm) each output voxel samples: pose, head size, anatomical
-    variability, then ventricle expansion and hippocampal shrinkage."""
-    centre = grid.box.mean(0)
-    angles = pose.normal(0.0, np.deg2rad(2.0), 3)
-    rot = torch.from_numpy(_rotation(angles).astype(np.float32))
-    shift = torch.from_numpy(pose.normal(0.0, 2.0, 3).astype(np.float32))
-    q = (grid.points - centre - shift) @ rot / spec.head_scale + centre
-    q = q + _smooth_field(anatomy, grid, 3, 5, 2.5).T
-    vc = torch.tensor(VENTRICLE_CENTRE)
-    q = vc + (q - vc) * (1.0 - spec.ventricle * _bump(q, VENTRICLE_CENTRE, VENTRICLE_SIGMA))[:, None]
-    for hc in HIPPOCAMPI:  # sample farther from the centre: the structure shrinks
-        w = 0.8 * spec.hippocampus * _bump(q, hc, HIPPOCAMPUS_SIGMA)
-        q = q + (q - torch.tensor(hc)) * w[:, None]
-    return q
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -258,6 +272,40 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def _fields(spec: SessionSpec, site: SiteParams, grid: _Grid, anatomy: np.random.Generator,
+            pose: np.random.Generator) -> torch.Tensor:
+    """Smooth per-scan fields (5, M) at the field points: the template coordinate (mm) each
+    point samples (pose, head size, anatomical variability, ventricle expansion, hippocampal
+    shrinkage), the local grey-matter loss (medial temporal and AD-signature cortex) and the
+    log bias field."""
+    centre = grid.box.mean(0)
+    rot = torch.from_numpy(_rotation(pose.normal(0.0, np.deg2rad(2.0), 3)).astype(np.float32))
+    shift = torch.from_numpy(pose.normal(0.0, 2.0, 3).astype(np.float32))
+    q = (grid.field_points - centre - shift) @ rot / spec.head_scale + centre
+    q = q + _smooth_field(anatomy, grid, 3, 5, 2.5).T
+    vc = torch.tensor(VENTRICLE_CENTRE)
+    q = vc + (q - vc) * (1.0 - spec.ventricle * _bump(q, VENTRICLE_CENTRE, VENTRICLE_SIGMA))[:, None]
+    for hc in HIPPOCAMPI:  # sample farther from the centre: the structure shrinks
+        w = 0.8 * spec.hippocampus * _bump(q, hc, HIPPOCAMPUS_SIGMA)
+        q = q + (q - torch.tensor(hc)) * w[:, None]
+    hippo = sum(_bump(q, hc, HIPPOCAMPUS_SIGMA) for hc in HIPPOCAMPI)
+    hippo = 1.2 * spec.hippocampus * hippo + spec.cortex * sum(
+        _bump(q, c, AD_CORTEX_SIGMA) for c in AD_CORTEX)
+    log_bias = _smooth_field(pose, grid, 1, 3, site.bias_sd)[0]
+    return torch.cat([q.T, hippo[None], log_bias[None]])
+
+
+def _at_points(fields: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """Interpolate fields (C, M) from the field lattice to the output points: (C, N)."""
+    if grid.field_shape is None:
+        return fields
+    lattice = fields.reshape(1, -1, *grid.field_shape)
+    centres = _centres(grid.box.numpy(), grid.field_shape)
+    lo = torch.tensor([float(c[0]) for c in centres])
+    hi = torch.tensor([float(c[-1]) for c in centres])
+    return _sample(lattice, 2.0 * (grid.points - lo) / (hi - lo) - 1.0)
 
 
 def render_session(spec: SessionSpec, site: SiteParams, grid: _Grid, seed: int) -> np.ndarray:
@@ -273,18 +321,15 @@ def render_session(spec: SessionSpec, site: SiteParams, grid: _Grid, seed: int) 
         float32 array (1, *shape), intensities in ~[0, 1] (background ~0).
     """
     anatomy = _rng(seed, 2, spec.subject_index)  # same anatomy in every session
-    session_index = int(spec.session.split("-")[1])
-    pose = _rng(seed, 3, spec.subject_index, session_index)
-    q = _pullback(spec, grid, anatomy, pose)
-    norm = 2.0 * (q - grid.origin) / (_TEMPLATE_STEP * (torch.tensor(grid.maps.shape[2:]) - 1)) - 1
-    csf, gm, wm, brain = _sample(grid.maps, norm)
-    hippo = sum(_bump(q, hc, HIPPOCAMPUS_SIGMA) for hc in HIPPOCAMPI)
-    lost = gm * torch.clamp(spec.gm_loss + 1.2 * spec.hippocampus * hippo, 0.0, 0.9)
+    pose = _rng(seed, 3, spec.subject_index, int(spec.session.split("-")[1]))
+    fields = _at_points(_fields(spec, site, grid, anatomy, pose), grid)
+    extent = _TEMPLATE_STEP * (torch.tensor(grid.maps.shape[2:]) - 1)
+    csf, gm, wm, brain = _sample(grid.maps, 2.0 * (fields[:3].T - grid.origin) / extent - 1.0)
+    lost = gm * torch.clamp(spec.gm_loss + fields[3], 0.0, 0.9)
     gm, csf = gm - lost, csf + lost
     m_csf, m_gm, m_wm = site.tissue_means
     image = (m_csf * csf + m_gm * gm + m_wm * wm) * brain.clamp(0.0, 1.0)
-    bias = torch.exp(_smooth_field(pose, grid, 1, 3, site.bias_sd)[0])
-    image = (site.gain * image * bias).numpy()
+    image = (site.gain * image * torch.exp(fields[4])).numpy()
     noise = pose.standard_normal((2, image.size), dtype=np.float32) * site.noise_sd
     image = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude noise
     return image.reshape((1,) + grid.shape).astype(np.float32)
@@ -311,13 +356,48 @@ def make_cohort(out: str | Path, subjects: int, shape: tuple[int, ...], seed: in
     Returns:
         The store path. Columns: subject_id, session, age (years), sex (F/M), site, diagnosis
         (CN/MCI/AD); volumes (1, *shape).
-    """
-    from ssltk.store import ColumnSpec, StoreWriter
 
+    Raises:
+        StoreError: ``out`` exists and ``overwrite`` is false.
+        ConfigError: an argument is out of range (subjects, sites, shape...).
+
+    The store is built as ``<out>.partial`` and renamed to ``out`` when complete, so an
+    interrupted run never leaves a half-written store at ``out``.
+    """
+    from ssltk.store import StoreError
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out} already exists; choose another --out or replace it "
+                         f"(--overwrite)")
     shape = tuple(int(s) for s in shape)
     specs = cohort_specs(subjects, seed, sites, sessions_fraction)
     site_params = make_sites(sites, seed)
     grid = template_grid(shape)
+    partial = out.with_name(out.name + ".partial")  # renamed to ``out`` once complete
+    try:
+        with _create_writer(partial, grid, dtype, compression, {
+                "generator": "ssltk.store.synth", "seed": seed, "subjects": subjects,
+                "sessions_fraction": sessions_fraction, "sites": sites,
+                "template": "MNI152 2009 GM/WM/brain templates (nilearn, 2 mm)",
+                "intensity": "T1-like, ~[0, 1]"}) as writer:
+            for i, spec in enumerate(specs):
+                volume = render_session(spec, site_params[spec.site], grid, seed)
+                writer.append(volume, spec.meta(site_params), source=None)
+                if progress is not None:
+                    progress(i + 1, len(specs))
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, out)
+    logger.info("wrote %d scans of %d subjects to %s", len(specs), subjects, out)
+    return out
+
+
+def _create_writer(path: Path, grid: _Grid, dtype: str, compression: str, preprocessing: dict):
+    """A :class:`StoreWriter` on a new (or replaced) store with the cohort's columns."""
+    from ssltk.store import ColumnSpec, StoreWriter
+
     columns = {
         "subject_id": ColumnSpec("id", description="synthetic subject"),
         "session": ColumnSpec("id", description="ses-01 is the baseline"),
@@ -326,17 +406,6 @@ def make_cohort(out: str | Path, subjects: int, shape: tuple[int, ...], seed: in
         "site": ColumnSpec("categorical", description="acquisition site"),
         "diagnosis": ColumnSpec("categorical", description="CN, MCI or AD"),
     }
-    preprocessing = {"generator": "ssltk.store.synth", "seed": seed, "subjects": subjects,
-                     "sessions_fraction": sessions_fraction, "sites": sites,
-                     "template": "MNI152 2009 GM/WM/brain templates (nilearn, 2 mm)",
-                     "intensity": "T1-like, ~[0, 1]"}
-    with StoreWriter.create(out, shape=(1, *shape), columns=columns, dtype=dtype,
-                            compression=compression, spacing=grid.spacing,
-                            preprocessing=preprocessing, overwrite=overwrite) as writer:
-        for i, spec in enumerate(specs):
-            volume = render_session(spec, site_params[spec.site], grid, seed)
-            writer.append(volume, spec.meta(site_params), source=None)
-            if progress is not None:
-                progress(i + 1, len(specs))
-    logger.info("wrote %d scans of %d subjects to %s", len(specs), subjects, out)
-    return Path(out)
+    return StoreWriter.create(path, shape=(1, *grid.shape), columns=columns, dtype=dtype,
+                              compression=compression, spacing=grid.spacing,
+                              preprocessing=preprocessing, overwrite=True, flush_every=32)
