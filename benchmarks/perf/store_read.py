@@ -50,7 +50,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler  # noqa: E402
 
 from ssltk.store import StoreWriter, VolumeStore  # noqa: E402
 
-from ssltk.data.loading import BatchReader  # noqa: E402  (the training loop's reader)
+from ssltk.data.loading import (  # noqa: E402  (the training loop's reader, the loader)
+    BatchReader,
+    VolumeDataset,
+    make_loader,
+)
 
 STORES = (("float16", "zstd"), ("float16", "lz4"), ("float32", "none"))
 BATCH = 8
@@ -246,8 +250,23 @@ def loader_candidates(path: Path) -> tuple[dict[str, Callable[[np.ndarray], int]
             return count
         return read
 
+    def ssltk_loader(workers, copy=True):
+        dataset = VolumeDataset(VolumeStore.open(path), cache=False)
+
+        def read(order):  # whole epochs of make_loader (its own seeded order), >= len(order)
+            count = 0
+            for epoch in range(max(1, len(order) // len(dataset))):
+                for x, _ in make_loader(dataset, BATCH, seed=0, epoch=epoch, workers=workers,
+                                        drop_last=True, copy=copy):
+                    count += x.shape[0]
+            return count
+        return read
+
     return {
         "engine BatchReader (batch 8, reused buffer)": batch_reader,
+        "ssltk make_loader (whole batches), copy=False": ssltk_loader(0, copy=False),
+        "ssltk make_loader (whole batches), 0 workers": ssltk_loader(0),
+        "ssltk make_loader (whole batches), 2 workers": ssltk_loader(2),
         "DataLoader, default collate, 0 workers": data_loader(0),
         "DataLoader, default collate, 2 workers": data_loader(2),
     }, loaders
@@ -392,14 +411,18 @@ def main() -> None:
         print(f"| {label(r['shape'])} | " + " | ".join(f"{r['other'][k]:.1f}x smaller"
                                                      for k in names) + " |")
     print("\n| size | store (f16+zstd) vs nibabel .nii.gz | store vs float32 .nii size | "
-          "BatchReader vs `store[i]` | DataLoader 0 / 2 workers vs `store[i]` |")
-    print("|---|---|---|---|---|")
+          "BatchReader vs `store[i]` | make_loader copy=False / 0 / 2 workers vs `store[i]` | "
+          "default-collate DataLoader 0 / 2 workers vs `store[i]` |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         rates, raw = r["rates"], r["rates"][r["raw"]]
         dl = [rates[f"DataLoader, default collate, {w} workers"] / raw for w in (0, 2)]
+        ml = [rates["ssltk make_loader (whole batches), copy=False"] / raw] + [
+            rates[f"ssltk make_loader (whole batches), {w} workers"] / raw for w in (0, 2)]
         print(f"| {label(r['shape'])} | {raw / rates['nibabel .nii.gz']:.1f}x faster | "
               f"{r['nii'] / r['sizes'][r['raw']]:.1f}x smaller | "
               f"{100 * rates['engine BatchReader (batch 8, reused buffer)'] / raw:.0f}% | "
+              f"{100 * ml[0]:.0f}% / {100 * ml[1]:.0f}% / {100 * ml[2]:.0f}% | "
               f"{100 * dl[0]:.0f}% / {100 * dl[1]:.0f}% |")
 
 

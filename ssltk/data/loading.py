@@ -149,16 +149,48 @@ class _Batches(Dataset):
         return x.clone(), meta
 
 
+class _RingLoader:
+    """Whole batches read in this process into a ring of ``depth`` reused buffers.
+
+    No allocation per batch (the page faults of a fresh batch tensor were the bottleneck in
+    PERF_NOTES); a batch stays valid while the next ``depth - 1`` are read.
+    """
+
+    def __init__(self, dataset: VolumeDataset, batches: list[np.ndarray], depth: int = 2):
+        self.dataset, self.batches, self.depth = dataset, batches, depth
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        readers = [BatchReader(self.dataset.store) for _ in range(self.depth)]
+        for reader in readers:
+            reader.meta = self.dataset.meta
+        for k, rows in enumerate(self.batches):
+            yield readers[k % self.depth].read(self.dataset.rows[rows])
+
+
 def make_loader(dataset: VolumeDataset, batch_size: int, *, shuffle: bool = True,
-                seed: int = 0, epoch: int = 0, workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader of whole batches ``(x (B, C, *spatial) float32, {column: (B,)})``.
+                seed: int = 0, epoch: int = 0, workers: int = 0, drop_last: bool = False,
+                copy: bool = True):
+    """An iterable of whole batches ``(x (B, C, *spatial) float32, {column: (B,)})``.
 
     The order is :func:`epoch_batches` of ``(seed, epoch)``: deterministic, whatever the number
     of workers. Each batch is read with one ``read_into`` call instead of ``B`` reads and a
-    collate, then copied once so the caller owns it (the training loop uses
-    :class:`BatchReader` directly and skips that copy).
+    collate.
+
+    Args:
+        copy: True (safe): every batch is a new tensor the caller owns. False (fast, ``workers``
+            must be 0): batches are read into a ring of 2 reused buffers, so a batch is valid
+            until the second next one is read — what a training loop needs, and as fast as
+            :class:`BatchReader` (docs/performance.md).
+        workers: worker processes (a ``DataLoader``); on 2 cores they only help decode-heavy
+            codecs.
     """
     batches = epoch_batches(np.arange(len(dataset)), batch_size, seed, epoch, shuffle, drop_last)
+    if not copy:
+        if workers:
+            raise ValueError("copy=False reads in this process; use workers=0")
+        return _RingLoader(dataset, batches)
     return DataLoader(_Batches(dataset, batches), batch_size=None, shuffle=False,
                       num_workers=workers, persistent_workers=False)

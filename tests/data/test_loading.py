@@ -55,6 +55,17 @@ def test_loader_batches_are_not_overwritten_by_the_next(store):
     assert torch.equal(first, snapshot)
 
 
+def test_no_copy_loader_reuses_two_buffers(store):
+    ds = VolumeDataset(store)
+    ref = [x.clone() for x, _ in make_loader(ds, 4, seed=1)]
+    fast = iter(make_loader(ds, 4, seed=1, copy=False))
+    a, b, c = (next(fast)[0] for _ in range(3))
+    assert torch.equal(b, ref[1]) and torch.equal(c, ref[2])
+    assert a.data_ptr() == c.data_ptr() != b.data_ptr()  # a ring of two buffers
+    with pytest.raises(ValueError, match="use workers=0"):
+        make_loader(ds, 4, copy=False, workers=2)
+
+
 def test_batch_reader_reuses_its_buffer(store):
     reader = BatchReader(store, ["sex"])
     a, meta = reader.read(np.array([0, 1]))
