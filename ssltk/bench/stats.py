@@ -22,6 +22,9 @@ from scipy import stats
 SCRATCH = "scratch"
 #: Metrics where a smaller value is better; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "test_loss"})
+UNIT_INTERVAL = frozenset({"roc_auc", "roc_auc_micro", "accuracy", "balanced_accuracy",
+                           "sensitivity", "specificity", "f1"})
+"""Metrics that live in [0, 1]: their confidence intervals are clipped to it."""
 PRIMARY_METRIC = {"classification": "roc_auc", "regression": "mae"}
 SECONDARY_METRIC = {"classification": "balanced_accuracy", "regression": "r2"}
 #: Below this many pairs the Wilcoxon test cannot reach p < 0.05 (two-sided, exact).
@@ -150,6 +153,8 @@ def aggregate(results: list[dict], metric: str) -> list[AggregateRow]:
     for (method, mode, budget), values in groups.items():
         finite = [v for v in values if math.isfinite(v)]
         mean, std, lo, hi = mean_ci(finite)
+        if metric in UNIT_INTERVAL:  # with few seeds the t-interval overshoots [0, 1]
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
         rows.append(AggregateRow(method, mode, budget, metric, len(finite), mean, std, lo, hi,
                                  n_nan=len(values) - len(finite)))
     return sorted(rows, key=lambda r: (r.mode, method_sort_key(r.method), r.budget.sort_key))

@@ -308,3 +308,14 @@ def test_cli_missing_results_is_one_line_error(tmp_path):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "results.jsonl" in lines[0] and "ssltk run CONFIG" in lines[0]
+
+
+def test_unit_interval_metrics_have_their_interval_clipped():
+    from ssltk.bench.stats import aggregate as agg
+
+    records = [{"method": "m", "mode": "frozen", "budget": {"kind": "fraction", "value": 1.0},
+                "budget_label": "100%", "metrics": {"roc_auc": v, "mae": v}} for v in (0.2, 0.95)]
+    auc, = agg(records, "roc_auc")
+    assert (auc.ci_low, auc.ci_high) == (0.0, 1.0)  # unclipped: -4.2 .. 5.3 (t(0.975, 1) = 12.7)
+    mae, = agg(records, "mae")
+    assert mae.ci_low < 0 < 1 < mae.ci_high  # an unbounded metric keeps its t-interval
