@@ -14,30 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssltk.augment import DEFAULT_PIPELINE
+from ssltk.bench.stats import SCRATCH, Budget
 from ssltk.config import BenchmarkConfig, ComponentSpec, ObjectiveSpec
 from ssltk.engine import PretrainRun
 from ssltk.engine.finetuning import FinetuneRun
-
-SCRATCH = "scratch"
-
-
-@dataclass(frozen=True)
-class Budget:
-    kind: str  # "n_per_class" | "n_total" | "fraction"
-    value: float
-
-    @property
-    def label(self) -> str:
-        if self.kind == "n_per_class":
-            return f"{int(self.value)}/class"
-        if self.kind == "n_total":
-            return f"{int(self.value)} total"
-        return f"{100 * self.value:g}%"
-
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "value": self.value}
-
 
 @dataclass
 class PretrainJob:
@@ -134,10 +114,6 @@ def pretrain_jobs(config: BenchmarkConfig) -> list[PretrainJob]:
                                       **p.settings())
                     jobs.append(PretrainJob(method, run, aug_label))
     return jobs
-
-
-def default_pipeline_specs() -> list[dict]:
-    return [dict(s) for s in DEFAULT_PIPELINE]
 
 
 def objective_columns(objective: ObjectiveSpec) -> list[str]:

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from ssltk.data.splits import BUDGET_KINDS
+
 SCRATCH = "scratch"
+"""Method label of the baseline trained from scratch (always a row of the grid)."""
 #: Metrics where a smaller value is better; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "test_loss"})
 UNIT_INTERVAL = frozenset({"roc_auc", "roc_auc_micro", "accuracy", "balanced_accuracy",
@@ -29,22 +32,39 @@ PRIMARY_METRIC = {"classification": "roc_auc", "regression": "mae"}
 SECONDARY_METRIC = {"classification": "balanced_accuracy", "regression": "r2"}
 #: Below this many pairs the Wilcoxon test cannot reach p < 0.05 (two-sided, exact).
 MIN_WILCOXON_PAIRS = 6
-_BUDGET_KINDS = ("n_per_class", "n_total", "fraction")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A labelled-data budget: ``kind`` is ``n_per_class``, ``n_total`` or ``fraction``."""
+    """A labelled-data budget: ``kind`` is ``n_per_class``, ``n_total`` or ``fraction``.
+
+    ``label`` ("10/class", "100 total", "10%") is derived from kind and value when not given.
+    """
 
     kind: str
     value: float
-    label: str
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", _budget_label(self.kind, self.value))
 
     @property
     def sort_key(self) -> tuple:
         """Budgets sort by kind, then numerically by value (not by label: "100" > "20")."""
-        kind = _BUDGET_KINDS.index(self.kind) if self.kind in _BUDGET_KINDS else len(_BUDGET_KINDS)
+        kind = BUDGET_KINDS.index(self.kind) if self.kind in BUDGET_KINDS else len(BUDGET_KINDS)
         return kind, self.kind, float(self.value)
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value}
+
+
+def _budget_label(kind: str, value: float) -> str:
+    if kind == "n_per_class":
+        return f"{int(value)}/class"
+    if kind == "n_total":
+        return f"{int(value)} total"
+    return f"{100 * value:g}%"
 
 
 @dataclass(frozen=True)
