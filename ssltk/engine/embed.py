@@ -9,24 +9,14 @@ import h5py
 import numpy as np
 import torch
 
-from ssltk.config import ComponentSpec, check_component
-from ssltk.engine import runtime
+from ssltk.config import ComponentSpec
 from ssltk.data.loading import BatchReader
+from ssltk.engine import runtime
 from ssltk.engine.checkpoint import load_checkpoint
+from ssltk.engine.finetuning import embed_rows, load_encoder
 from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry
 from ssltk.store import VolumeStore
-
-
-def load_backbone(spec: ComponentSpec, encoder: str | Path | None, in_channels: int,
-                  spatial_dims: int, registry: Registry):
-    """A backbone from its spec, with the weights of ``encoder`` (an ``encoder.pt``) if given."""
-    from ssltk.engine.finetuning import FinetuneRun, load_encoder
-
-    run = FinetuneRun(store=Path("-"), target="-", backbone=spec,
-                      encoder=Path(encoder) if encoder else None,
-                      train_rows=[], val_rows=[], test_rows=[])
-    return load_encoder(run, in_channels, spatial_dims, registry)
 
 
 def embed_store(store_path: str | Path, backbone: ComponentSpec | dict, encoder: str | Path | None,
@@ -40,11 +30,9 @@ def embed_store(store_path: str | Path, backbone: ComponentSpec | dict, encoder:
     """
     registry = registry or get_registry()
     spec = backbone if isinstance(backbone, ComponentSpec) else ComponentSpec(**backbone)
-    check_component(registry, "backbones", spec, "backbone")
     ctx = runtime.Context(runtime.resolve_device(device))
     store = VolumeStore.open(store_path)
-    net = load_backbone(spec, encoder, store.shape[0], store.spatial_dims, registry).to(ctx.device)
-    from ssltk.engine.finetuning import embed_rows
+    net = load_encoder(spec, encoder, store.shape[0], store.spatial_dims, registry).to(ctx.device)
 
     emb = embed_rows(net, BatchReader(store), np.arange(len(store)), ctx, batch_size)
     out = Path(out)

@@ -81,26 +81,26 @@ class FinetuneResult:
         Path(path).write_text(json.dumps(asdict(self)))
 
 
-def load_encoder(run: FinetuneRun, in_channels: int, spatial_dims: int,
-                 registry: Registry) -> Backbone:
-    """The backbone of ``run``, with the pretrained weights when ``run.encoder`` is set."""
-    cfg = check_component(registry, "backbones", run.backbone, "backbone")
-    backbone = registry.create("backbones", run.backbone.name, cfg, in_channels=in_channels,
+def load_encoder(spec: ComponentSpec, encoder: str | Path | None, in_channels: int,
+                 spatial_dims: int, registry: Registry) -> Backbone:
+    """Backbone ``spec``, with the weights of ``encoder`` (a pretraining's encoder.pt) if given."""
+    cfg = check_component(registry, "backbones", spec, "backbone")
+    backbone = registry.create("backbones", spec.name, cfg, in_channels=in_channels,
                                spatial_dims=spatial_dims)
-    if run.encoder is None:
+    if encoder is None:
         return backbone
-    state, meta = load_checkpoint(run.encoder)
+    state, meta = load_checkpoint(encoder)
     if "backbone" not in state:
-        raise SsltkError(f"{run.encoder} holds no encoder weights; pass the encoder.pt "
+        raise SsltkError(f"{encoder} holds no encoder weights; pass the encoder.pt "
                          "written by pretraining")
-    if meta.get("backbone") not in (None, run.backbone.name):
-        raise SsltkError(f"{run.encoder} was pretrained with backbone '{meta['backbone']}' but "
-                         f"the config asks for '{run.backbone.name}'; use the same backbone")
+    if meta.get("backbone") not in (None, spec.name):
+        raise SsltkError(f"{encoder} was pretrained with backbone '{meta['backbone']}' but "
+                         f"the config asks for '{spec.name}'; use the same backbone")
     try:
         backbone.load_state_dict(state["backbone"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise SsltkError(f"{run.encoder} does not fit backbone '{run.backbone.name}' with these "
+        raise SsltkError(f"{encoder} does not fit backbone '{spec.name}' with these "
                          f"parameters ({first}); use the backbone parameters of pretraining") \
             from None
     return backbone
@@ -116,7 +116,8 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
     for name, rows in (("train", run.train_rows), ("val", run.val_rows), ("test", run.test_rows)):
         targets.check_rows(rows, name)
     runtime.seed_everything(run.seed)
-    backbone = load_encoder(run, store.shape[0], store.spatial_dims, registry).to(ctx.device)
+    backbone = load_encoder(run.backbone, run.encoder, store.shape[0], store.spatial_dims,
+                            registry).to(ctx.device)
     reader = BatchReader(store)
     if run.mode == "frozen":
         result = _probe(run, backbone, reader, targets, ctx)
