@@ -147,14 +147,14 @@ def execute(groups: list[Group], config: BenchmarkConfig, devices: list[str], ro
 
 
 def prepare(config_path: str | Path, registry: Registry | None = None,
-            build_missing: bool = True) -> tuple[BenchmarkConfig, Grid]:
-    """Validate the config, the stores and every budget; build demo stores; expand the grid."""
+            build_missing: bool = True,
+            devices: list[str] | None = None) -> tuple[BenchmarkConfig, Grid]:
+    """Validate config, devices, stores and budgets (in that order); build demo stores; expand."""
     from ssltk.bench.checks import check_data
-
-    registry = registry or get_registry()
-    config = load_config(config_path, registry)
     from ssltk.bench.splitting import expand
 
+    config = load_config(config_path, registry or get_registry())
+    resolve_devices(config, devices)  # a device that does not exist fails before any work
     check_data(config, build_missing=build_missing)
     return config, expand(config)
 
@@ -165,13 +165,22 @@ def copy_config(config_path: Path, root: Path) -> None:
 
 
 def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
-                  registry: Registry | None = None, progress=None) -> Path:
-    """Run (or resume) a benchmark; returns its run directory (results.jsonl, report.md...)."""
-    config, grid = prepare(config_path, registry)
+                  registry: Registry | None = None, on_start=None, progress=None) -> Path:
+    """Run (or resume) a benchmark; returns its run directory (results.jsonl, report.md...).
+
+    Args:
+        on_start: called as ``on_start(config, grid, devices, done)`` before running, ``done``
+            being the number of cells already finished.
+        progress: called with each finished group (its ``cells``) on single-device runs.
+    """
+    config, grid = prepare(config_path, registry, devices=devices)
     root = run_dir(config)
     copy_config(Path(config_path), root)
+    devices = resolve_devices(config, devices)
     groups = pending_groups(grid, root / "results.jsonl")
-    log.info("%d cells, %d pending in %d group(s)", len(grid.cells),
-             sum(len(g.cells) for g in groups), len(groups))
-    execute(groups, config, resolve_devices(config, devices), root, progress or (lambda g: None))
+    done = len(grid.cells) - sum(len(g.cells) for g in groups)
+    log.info("%d cells, %d already done, %d group(s) to run", len(grid.cells), done, len(groups))
+    if on_start is not None:
+        on_start(config, grid, devices, done)
+    execute(groups, config, devices, root, progress or (lambda g: None))
     return root

@@ -49,7 +49,9 @@ def command(
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
 ) -> None:
     """Run a benchmark grid (resumes after a crash), then write its report."""
-    from ssltk.bench.runner import execute, pending_groups, prepare, resolve_devices, run_dir
+    from contextlib import ExitStack
+
+    from ssltk.bench.runner import resolve_devices, run_benchmark
     from ssltk.config import load_config
 
     reg = registry(ctx)
@@ -58,26 +60,24 @@ def command(
         resolve_devices(cfg, device)
         _print_plan(cfg, config)
         return
-    cfg, grid = prepare(config, reg)
-    root = run_dir(cfg)
-    from ssltk.bench.runner import copy_config
-
-    copy_config(config, root)
-    devices = resolve_devices(cfg, device)
-    groups = pending_groups(grid, root / "results.jsonl")
-    done = len(grid.cells) - sum(len(g.cells) for g in groups)
     out = console()
-    out.print(f"{cfg.name}: {len(grid.cells)} cells ({done} already done), "
-              f"{len(grid.pretrain_jobs)} pretraining runs, devices {', '.join(devices)}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=out) as bar:
-        task = bar.add_task("cells", total=len(grid.cells), completed=done)
-        execute(groups, cfg, devices, root, lambda g: bar.advance(task, len(g.cells)))
+    with ExitStack() as stack:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=out)
+        task = []
+
+        def on_start(cfg, grid, devices, done):
+            out.print(f"{cfg.name}: {len(grid.cells)} cells ({done} already done), "
+                      f"{len(grid.pretrain_jobs)} pretraining runs, devices {', '.join(devices)}")
+            stack.enter_context(bar)
+            task.append(bar.add_task("cells", total=len(grid.cells), completed=done))
+
+        root = run_benchmark(config, devices=device, registry=reg, on_start=on_start,
+                             progress=lambda g: bar.advance(task[0], len(g.cells)))
     if report:
-        from ssltk.bench.report import summary_table, write_report
+        from ssltk.bench.report import load_results, summary_table, write_report
 
-        path = write_report(root)
-        from ssltk.bench.results import read_results
-
-        out.print(summary_table(read_results(root / "results.jsonl")))
+        results = load_results(root)
+        path = write_report(root, results=results)
+        out.print(summary_table(results))
         out.print(f"[green]report[/] {path}")
