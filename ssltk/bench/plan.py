@@ -10,10 +10,11 @@ from ssltk.bench.grid import budgets, pretrain_jobs
 from ssltk.config import BenchmarkConfig
 from ssltk.store import VolumeStore
 
-# Rough CPU cost of one forward+backward voxel pass through a ResNet-18-sized encoder with a
-# stride-2 stem, from benchmarks/perf/train_step.py on 2 cores (order of magnitude only).
-CPU_SECONDS_PER_MEGAVOXEL = 0.35
-GPU_SPEEDUP = 50.0
+# CPU seconds per megavoxel of one view's forward+backward: SimCLR with a ResNet-18 (stride-2
+# stem) at 64^3 took 2.11 s per step of 8 x 2 views of 0.262 Mvox on 2 cores
+# (benchmarks/perf/train_step.py, docs/performance.md). Order of magnitude only: Genesis costs
+# ~5x, smaller encoders less.
+CPU_SECONDS_PER_MEGAVOXEL = 0.5
 
 
 @dataclass
@@ -35,7 +36,7 @@ def _store_size(path: Path) -> tuple[int, int] | None:
         return len(store), math.prod(store.shape)
 
 
-def plan(config: BenchmarkConfig, on_gpu: bool = False) -> tuple[list[PlanRow], int]:
+def plan(config: BenchmarkConfig) -> tuple[list[PlanRow], int]:
     """Pretraining runs with their cost estimates, and the number of finetuning cells."""
     rows = []
     sizes: dict[str, tuple[int, int] | None] = {}
@@ -52,7 +53,7 @@ def plan(config: BenchmarkConfig, on_gpu: bool = False) -> tuple[list[PlanRow], 
             steps = n // job.run.batch_size * job.run.epochs
             views = registry.get("objectives", job.run.objective.name).n_views
             passes = steps * job.run.batch_size * views
-            est = passes * voxels / 1e6 * CPU_SECONDS_PER_MEGAVOXEL / (GPU_SPEEDUP if on_gpu else 1)
+            est = passes * voxels / 1e6 * CPU_SECONDS_PER_MEGAVOXEL
         rows.append(PlanRow(job.method, key, job.augmentations_label, job.run.seed, steps,
                             passes, est))
     methods = len({(r.method) for r in rows}) + 1  # + scratch
