@@ -14,7 +14,7 @@ from ssltk.store import VolumeStore
 log = logging.getLogger(__name__)
 
 
-def _stores(config: BenchmarkConfig) -> list[tuple[str, str, Path]]:
+def benchmark_stores(config: BenchmarkConfig) -> list[tuple[str, str, Path]]:
     """(role, field path, store path) of every store the benchmark reads."""
     pre = config.data.pretrain_store
     out = []
@@ -59,7 +59,7 @@ def check_columns(config: BenchmarkConfig) -> None:
             raise ConfigError(
                 f"data.target: store {config.data.finetune_store} has no column "
                 f"'{config.data.target}' (it has {', '.join(store.columns)})")
-    for _, field, path in _stores(config):
+    for _, field, path in benchmark_stores(config):
         if field.startswith("data.finetune"):
             continue
         with VolumeStore.open(path) as store:
@@ -73,6 +73,6 @@ def check_columns(config: BenchmarkConfig) -> None:
 
 def check_data(config: BenchmarkConfig, build_missing: bool = True) -> None:
     """Stores present (or built), columns present. Budgets are checked by the grid."""
-    for role, field, path in _stores(config):
+    for role, field, path in benchmark_stores(config):
         ensure_store(role, field, Path(path), config, build_missing)
     check_columns(config)

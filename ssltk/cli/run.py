@@ -13,7 +13,7 @@ from ssltk.cli._common import console, registry
 
 
 def _print_plan(config, cfg_path: Path) -> None:
-    from ssltk.bench.checks import _stores
+    from ssltk.bench.checks import benchmark_stores
     from ssltk.bench.plan import plan
 
     rows, cells = plan(config)
@@ -32,7 +32,7 @@ def _print_plan(config, cfg_path: Path) -> None:
     out.print(f"finetuning: {cells} cells = methods (+ scratch) x {len(config.seeds)} seed(s) x "
               f"modes {f.modes} x budgets {f.n_per_class or ''}{f.n_total or ''}"
               f"{f.label_fractions or ''} x {f.repeats} repeat(s)")
-    for role, field, path in _stores(config):
+    for role, field, path in benchmark_stores(config):
         if not Path(path).exists():
             how = config.data.ingest_hints.get(role)
             if config.data.synth.get(role):

@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ssltk.augment import Pipeline
-from ssltk.config import ComponentSpec, StrictModel, check_component
+from ssltk.config import ComponentSpec, StrictModel, check_component, content_hash
 from ssltk.engine import runtime
 from ssltk.data.loading import BatchReader, epoch_batches
 from ssltk.engine.checkpoint import load_checkpoint
@@ -67,7 +67,7 @@ class FinetuneRun(StrictModel):
     seed: int = 0
 
     def content_hash(self) -> str:
-        return runtime.content_hash(self)
+        return content_hash(self)
 
 
 @dataclass

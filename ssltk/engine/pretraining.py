@@ -23,7 +23,13 @@ import torch
 from pydantic import Field
 
 from ssltk.augment import DEFAULT_PIPELINE, Pipeline
-from ssltk.config import ComponentSpec, ObjectiveSpec, PretrainSettings, check_component
+from ssltk.config import (
+    ComponentSpec,
+    ObjectiveSpec,
+    PretrainSettings,
+    check_component,
+    content_hash,
+)
 from ssltk.engine import runtime
 from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
 from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -48,7 +54,7 @@ class PretrainRun(PretrainSettings):
     seed: int = 0
 
     def content_hash(self) -> str:
-        return runtime.content_hash(self)
+        return content_hash(self)
 
 
 @dataclass

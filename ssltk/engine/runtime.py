@@ -17,7 +17,6 @@ import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from ssltk.config import content_hash  # noqa: F401  (re-exported for the engine)
 from ssltk.engine.checkpoint import package_versions
 from ssltk.errors import SsltkError
 
