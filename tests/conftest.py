@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +18,18 @@ def registry() -> Registry:
     return get_registry()
 
 
+# At most the 2 cores CI has, and fewer when the environment asks (OMP_NUM_THREADS=1 on many
+# clusters and CI runners). Child processes (kill -9 tests, spawned device workers) get the same
+# count through the environment: a different thread count changes float reduction order, so a
+# resumed run compared with an uninterrupted one must use the same count in both processes.
+THREADS = max(1, min(2, torch.get_num_threads()))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+os.environ["MKL_NUM_THREADS"] = str(THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Keep every test on the 2 cores CI has, and deterministic.
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

@@ -157,15 +157,19 @@ def test_config_is_strict():
 
 
 @pytest.mark.parametrize("config", [
-    OptimConfig(name="adamw", lr=0.05),
+    OptimConfig(name="adamw", lr=0.2),
     OptimConfig(name="sgd", lr=0.05),
-    OptimConfig(name="lars", lr=5.0, lars_eta=0.02),
+    OptimConfig(name="lars", lr=1.0, lars_eta=0.02),
 ])
 def test_each_optimizer_reduces_a_quadratic(config):
+    # Settings in the contracting regime: every optimiser ends below 1e-3 of the first loss
+    # (measured 6e-5 or less under ATEN_CPU_CAPABILITY=default and avx2, 1 and 2 threads), so
+    # the 1e-2 bound has a 10x+ margin that kernel rounding cannot eat. (At lr 5 LARS's bias
+    # group, plain SGD, oscillated against the clip and its final loss depended on the CPU.)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=gen)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.5
-    torch.manual_seed(0)  # the initial weights too: the unseeded global RNG made this flaky
+    torch.manual_seed(0)  # the initial weights too
     model = nn.Linear(4, 1)
     opt = build_optimizer(model, config)
     sched = cosine_schedule(opt, total_steps=100, warmup_steps=5)
@@ -180,7 +184,26 @@ def test_each_optimizer_reduces_a_quadratic(config):
         clip_gradients(model, 10.0)
         opt.step()
         sched.step()
-    assert loss().item() < 0.1 * first
+    assert loss().item() < 1e-2 * first
+
+
+def test_lars_step_is_invariant_to_the_gradient_scale():
+    # What LARS is for: the adapted step of a layer is lr * eta * ||w|| / ||g|| * g, so
+    # scaling the loss (hence g) by 1000 leaves the step unchanged (no weight decay).
+    steps = []
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        before = model.weight.detach().clone()
+        opt = build_optimizer(model, OptimConfig(name="lars", lr=0.5, lars_eta=0.01,
+                                                 weight_decay=0.0))
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+        (scale * model(x).pow(2).mean()).backward()
+        opt.step()
+        steps.append(model.weight.detach() - before)
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-5, atol=0)
+    expected = 0.5 * 0.01 * before.norm()  # ||step|| = lr * eta * ||w||
+    assert steps[0].norm().item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_clip_gradients_returns_total_norm():
