@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ssltk.errors import ConfigError, SsltkError
 
+LOCAL_TIMEOUT_MIN = 24 * 60
+"""Wall-clock limit of a ``submitit_local`` job unless ``[slurm] timeout_min`` sets one."""
+
 
 def _executor(config, root: Path):
     try:
@@ -23,7 +26,10 @@ def _executor(config, root: Path):
     folder = root / "submitit"
     if config.executor == "submitit_local":
         executor = submitit.LocalExecutor(folder=folder)
-        params = {k: v for k, v in config.slurm.items() if k in ("timeout_min", "gpus_per_node")}
+        # submitit's local default is 2 minutes, and its timeout signal (sent 30 s before) raises
+        # inside whatever the job is doing: a busy machine then "breaks" plugins mid-import.
+        params = {"timeout_min": LOCAL_TIMEOUT_MIN}
+        params |= {k: v for k, v in config.slurm.items() if k in ("timeout_min", "gpus_per_node")}
     else:
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = {f"slurm_{k}" if k not in ("timeout_min", "gpus_per_node", "cpus_per_task",
