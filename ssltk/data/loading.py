@@ -78,15 +78,19 @@ class BatchReader:
         self.meta = meta_tensors(self.store, columns)
         self._buffer: np.ndarray | None = None
 
-    def read(self, rows: np.ndarray) -> tuple[Tensor, dict[str, Tensor]]:
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``out``: read into this ``(B, C, *spatial)`` float32 array instead (e.g. pinned memory)."""
         rows = np.asarray(rows, dtype=np.int64)
         shape = (len(rows), *self.store.shape)
-        if self._buffer is None or self._buffer.shape != shape:
-            self._buffer = np.empty(shape, dtype=np.float32)
+        if out is None:
+            if self._buffer is None or self._buffer.shape != shape:
+                self._buffer = np.empty(shape, dtype=np.float32)
+            out = self._buffer
         # One chunk per volume: reading rows in plan order costs the same as sorted order.
-        self.store.read_into(rows, self._buffer)
+        self.store.read_into(rows, out)
         index = torch.as_tensor(rows)
-        return torch.from_numpy(self._buffer), {c: v[index] for c, v in self.meta.items()}
+        return torch.from_numpy(out), {c: v[index] for c, v in self.meta.items()}
 
     def iterate(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         for rows in batches:
