@@ -159,13 +159,15 @@ class ObjectiveOutput:
 
     Attributes:
         loss: scalar tensor to minimise.
-        logs: floats to log (component losses, accuracies...).
+        logs: values to log (component losses, accuracies...): floats, or 0-d tensors, which
+            the engine reads back only every few steps instead of stalling each GPU step
+            (``loss.detach()``, not ``loss.item()``).
         embeddings: optional ``(n_views, B, D)`` normalised embeddings, used by the engine to
             report alignment and uniformity of contrastive objectives.
     """
 
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | Tensor] = field(default_factory=dict)
     embeddings: Tensor | None = None
 
 

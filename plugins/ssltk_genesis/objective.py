@@ -157,4 +157,4 @@ class Genesis(Objective):
         restored = self.restore(corrupted)
         loss_fn = F.mse_loss if self.config.loss == "mse" else F.l1_loss
         loss = loss_fn(restored, target)
-        return ObjectiveOutput(loss=loss, logs={"loss": float(loss.detach())})
+        return ObjectiveOutput(loss=loss, logs={"loss": loss.detach()})

@@ -126,7 +126,7 @@ class MoCo(Objective):
                                  self.config.temperature)  # (B, 1 + K)
             targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
             loss = F.cross_entropy(logits, targets)  # the positive is column 0
-        acc = (logits.detach().argmax(dim=1) == 0).float().mean().item()
+        acc = (logits.detach().argmax(dim=1) == 0).float().mean()
         return loss, acc
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
@@ -142,7 +142,7 @@ class MoCo(Objective):
             new_keys, embeddings = torch.cat([k2, k1]), torch.stack([q1, q2])
         if self.training:
             self.enqueue(new_keys)
-        return ObjectiveOutput(loss=loss, logs={"loss": loss.item(), "acc": acc},
+        return ObjectiveOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc},
                                embeddings=embeddings.detach().float())  # (2, B, D)
 
     def on_step_end(self) -> None:

@@ -170,23 +170,23 @@ class Multitask(Objective):
         y, out = meta[task.column], self.heads[i](h)
         if task.kind == "regression":
             loss = masked_mse(out.squeeze(1), self.regression_target(i, y))
-            return loss, {f"loss_{task.column}": float(loss.detach())}
+            return loss, {f"loss_{task.column}": loss.detach()}
         y = y.long()
         if bool((y >= task.n_classes).any()):
             raise ConfigError(f"multitask.tasks[{i}].n_classes: column '{task.column}' has code "
                               f"{int(y.max())} but n_classes = {task.n_classes}")
         loss = masked_cross_entropy(out, y)
-        logs = {f"loss_{task.column}": float(loss.detach())}
+        logs = {f"loss_{task.column}": loss.detach()}
         labelled = y >= 0
         if labelled.any():
             hits = out.detach()[labelled].argmax(1) == y[labelled]
-            logs[f"acc_{task.column}"] = float(hits.float().mean())
+            logs[f"acc_{task.column}"] = hits.float().mean()
         return loss, logs
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         inner = self.ssl(batch)
         loss = self.config.ssl_weight * inner.loss
-        logs = {"loss_ssl": float(inner.loss.detach())}
+        logs = {"loss_ssl": inner.loss.detach()}
         logs.update({f"ssl_{k}": v for k, v in inner.logs.items()})
         if self.config.tasks:
             h = self.backbone(batch.views[0])  # (B, out_dim)
@@ -194,7 +194,7 @@ class Multitask(Objective):
                 task_loss, task_logs = self.task_loss(i, h, batch.meta)
                 loss = loss + task.weight * task_loss
                 logs.update(task_logs)
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = loss.detach()
         return ObjectiveOutput(loss=loss, logs=logs, embeddings=inner.embeddings)
 
     def on_step_end(self) -> None:

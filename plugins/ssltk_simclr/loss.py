@@ -55,6 +55,9 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def positive_top1(logits: Tensor, targets: Tensor) -> float:
-    """Fraction of rows whose most similar candidate is the positive (``(R, C)``, ``(R,)``)."""
-    return (logits.argmax(dim=1) == targets).float().mean().item()
+def positive_top1(logits: Tensor, targets: Tensor) -> Tensor:
+    """Fraction of rows whose most similar candidate is the positive (``(R, C)``, ``(R,)``).
+
+    A 0-d tensor on the logits' device (reading it as a float would stall a GPU step).
+    """
+    return (logits.argmax(dim=1) == targets).float().mean()

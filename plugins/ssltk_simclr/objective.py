@@ -58,5 +58,5 @@ class SimCLR(Objective):
             logits, targets = nt_xent_logits(g1, g2, self.config.temperature)
             loss = F.cross_entropy(logits, targets)
         embeddings = F.normalize(torch.stack([z1, z2]).float(), dim=-1).detach()  # (2, B, D)
-        logs = {"loss": loss.item(), "acc": positive_top1(logits.detach(), targets)}
+        logs = {"loss": loss.detach(), "acc": positive_top1(logits.detach(), targets)}
         return ObjectiveOutput(loss=loss, logs=logs, embeddings=embeddings)

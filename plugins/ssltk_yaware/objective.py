@@ -106,7 +106,7 @@ class YAware(Objective):
             logits = similarity_logits(g1, g2, self.config.temperature)  # (2N, 2N)
             loss = weighted_nll(weights, log_probs(logits), n)
         positives = (torch.arange(2 * n, device=g1.device) + n) % (2 * n)
-        acc = (logits.detach().argmax(dim=1) == positives).float().mean().item()
+        acc = (logits.detach().argmax(dim=1) == positives).float().mean()
         embeddings = F.normalize(torch.stack([z1, z2]).float(), dim=-1).detach()  # (2, B, D)
-        return ObjectiveOutput(loss=loss, logs={"loss": loss.item(), "acc": acc},
+        return ObjectiveOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc},
                                embeddings=embeddings)

@@ -12,6 +12,7 @@ executed (device, checkpoint interval, progress bar) does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from ssltk.augment import DEFAULT_PIPELINE, Pipeline
@@ -32,6 +32,7 @@ from ssltk.config import (
 )
 from ssltk.engine import runtime
 from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
+from ssltk.data.prefetch import Prefetcher, load_batch
 from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
 from ssltk.errors import SsltkError
@@ -173,6 +174,9 @@ class _Trainer:
                                          run.optimizer.min_lr_ratio)
         self.model = runtime.wrap_ddp(self.objective, ctx)
         self.step, self.epoch_stats = 0, runtime.EpochStats()
+        # No host synchronisation inside a GPU step: losses are checked every sync_every steps.
+        self.watch, self.sync_every = runtime.NonFiniteWatch(), runtime.sync_interval(ctx)
+        self._source: Prefetcher | None = None
         self._resume()
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -183,6 +187,7 @@ class _Trainer:
                 **runtime.provenance()}
 
     def _save(self) -> None:
+        self._check_finite()
         if not self.ctx.is_main:
             return
         state = {"objective": self.objective.state_dict(),
@@ -214,21 +219,44 @@ class _Trainer:
             while self.step < self.total_steps:
                 epoch, first = divmod(self.step, self.steps_per_epoch)
                 batches = epoch_batches(self.rows, self.run.batch_size, self.run.seed, epoch)
-                for rows in batches[first:]:
-                    self._train_step(rank_slice(rows, self.ctx.rank, self.ctx.world))
-                    bar.update(self.epoch_stats)
-                    if checkpoint_every and self.step % checkpoint_every == 0:
-                        self._save()
+                mine = [rank_slice(rows, self.ctx.rank, self.ctx.world) for rows in batches[first:]]
+                with self._prefetch(mine):
+                    for rows in mine:
+                        self._train_step(rows)
+                        if self.step % self.sync_every == 0:
+                            bar.update(self.epoch_stats)
+                        else:
+                            bar.update_plain()
+                        if checkpoint_every and self.step % checkpoint_every == 0:
+                            self._save()
                 self._end_epoch(epoch)
         self._export()
         runtime.barrier(self.ctx)
         return runtime.read_history(self.paths.history)
 
+    @contextlib.contextmanager
+    def _prefetch(self, batches: list[np.ndarray]):
+        """Batches read ahead while the steps run (thread + side CUDA stream on GPU; in order)."""
+        with Prefetcher(self.reader, batches, self.ctx.device,
+                        channels_last=self.run.channels_last) as self._source:
+            try:
+                yield
+            finally:
+                self._source = None
+
+    def _check_finite(self) -> None:
+        bad = self.watch.first()
+        if bad is not None:
+            step, loss = bad
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {step} (epoch {step // self.steps_per_epoch}); "
+                f"{self.paths.checkpoint} keeps the last good state. Lower optimizer.lr or set "
+                "optimizer.grad_clip")
+
     def _train_step(self, rows: np.ndarray) -> None:
         t0 = time.perf_counter()
-        x, meta = self.reader.read(rows)
-        x = runtime.to_device(x, self.ctx, self.run.channels_last)
-        meta = {k: v.to(self.ctx.device, non_blocking=True) for k, v in meta.items()}
+        x, meta = self._source.take(rows) if self._source is not None else \
+            load_batch(self.reader, rows, self.ctx.device, self.run.channels_last)
         generator = runtime.step_generator(self.run.seed, self.step, self.ctx.rank)
         views = self.pipeline.views(x, self.objective.n_views, generator)
         batch = Batch(views=views, meta=meta, generator=generator,
@@ -237,11 +265,9 @@ class _Trainer:
         self.objective.train()
         with runtime.autocast(self.run.precision, self.ctx):
             out = self.model(batch)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLossError(
-                f"loss became {out.loss.item()} at step {self.step} (epoch "
-                f"{self.step // self.steps_per_epoch}); {self.paths.checkpoint} keeps the last "
-                "good state. Lower optimizer.lr or set optimizer.grad_clip")
+        self.watch.observe(out.loss, self.step)
+        if (self.step + 1) % self.sync_every == 0:
+            self._check_finite()
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.run.optimizer.grad_clip:
@@ -250,11 +276,11 @@ class _Trainer:
         self.scheduler.step()
         self.objective.on_step_end()
         self.step += 1
-        runtime.sync(self.ctx)
         self.epoch_stats.add(out, len(rows) * self.ctx.world, t_data, time.perf_counter() - t0,
                              self.scheduler.get_last_lr()[0])
 
     def _end_epoch(self, epoch: int) -> None:
+        self._check_finite()
         record = {"epoch": epoch, "step": self.step, **self.epoch_stats.summary()}
         self.epoch_stats = runtime.EpochStats()
         if self.ctx.is_main:
@@ -264,6 +290,7 @@ class _Trainer:
         self._save()
 
     def _export(self) -> None:
+        self._check_finite()
         if self.ctx.is_main:
             save_checkpoint(self.paths.encoder, {"backbone": self.objective.backbone.state_dict()},
                             self._meta())

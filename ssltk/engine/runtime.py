@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,9 +131,26 @@ def autocast(precision: str, ctx: Context):
     return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
 
 
+SYNC_EVERY = 50
+"""Steps between the host synchronisations of a GPU run (statistics, non-finite loss check)."""
+
+
+def sync_interval(ctx: Context) -> int:
+    """Every step on the CPU (a synchronisation costs nothing there), else :data:`SYNC_EVERY`."""
+    return 1 if ctx.device.type == "cpu" else SYNC_EVERY
+
+
 @dataclass
 class EpochStats:
-    """Running sums of one epoch: loss, logs, throughput, data share, embedding geometry."""
+    """Running sums of one epoch: loss, logs, throughput, data share, embedding geometry.
+
+    :meth:`add` keeps tensor values (the loss, 0-d tensor logs) on their device and converts them
+    to floats only every ``flush_every`` steps and when read (:meth:`summary`,
+    :meth:`as_dict`), so a GPU step is not stalled by a host synchronisation. The sums are the
+    same float64 sums, in the same order, as adding each step's floats at once. The time a
+    flush waits for the device is counted as step time (it is the tail of the steps it waits
+    for).
+    """
 
     sums: dict[str, float] = field(default_factory=dict)
     steps: int = 0
@@ -140,26 +158,45 @@ class EpochStats:
     data_time: float = 0.0
     step_time: float = 0.0
     lr: float = 0.0
+    flush_every: int = field(default=SYNC_EVERY, repr=False)
+    _pending: dict[str, list] = field(default_factory=dict, repr=False)
+    _unflushed: int = field(default=0, repr=False)
 
     def add(self, out, volumes: int, data_time: float, step_time: float, lr: float) -> None:
-        values = {"loss": out.loss.item(), **out.logs}
+        """One step: ``out.loss``, ``out.logs`` (floats or 0-d tensors), embedding geometry."""
+        values = {"loss": out.loss, **out.logs}
         if out.embeddings is not None and out.embeddings.shape[0] >= 2:
             values.update(alignment_uniformity(out.embeddings.detach().float()))
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self._pending.setdefault(k, []).append(v.detach() if isinstance(v, Tensor) else v)
         self.steps += 1
         self.volumes += volumes
         self.data_time += data_time
         self.step_time += step_time
         self.lr = lr
+        self._unflushed += 1
+        if self._unflushed >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Convert the pending values to floats (one host synchronisation per device)."""
+        t0 = time.perf_counter()
+        for k, items in self._pending.items():
+            for v in _as_floats(items):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        self._pending.clear()
+        self._unflushed = 0
+        self.step_time += time.perf_counter() - t0
 
     def summary(self) -> dict[str, float]:
+        self.flush()
         n = max(self.steps, 1)
         return {**{k: v / n for k, v in self.sums.items()}, "lr": self.lr,
                 "volumes_per_s": self.volumes / max(self.step_time, 1e-9),
                 "data_fraction": self.data_time / max(self.step_time, 1e-9)}
 
     def as_dict(self) -> dict:
+        self.flush()
         return {"sums": self.sums, "steps": self.steps, "volumes": self.volumes,
                 "data_time": self.data_time, "step_time": self.step_time, "lr": self.lr}
 
@@ -168,17 +205,58 @@ class EpochStats:
         return cls(**d)
 
 
-def alignment_uniformity(z: Tensor) -> dict[str, float]:
+def _as_floats(items: list) -> list[float]:
+    """``items`` (floats, ints, 0-d tensors) as Python floats, one transfer for the tensors."""
+    out = list(items)
+    tensors = [i for i, v in enumerate(items) if isinstance(v, Tensor)]
+    if tensors:
+        device = items[tensors[0]].device
+        stacked = torch.stack([items[i].reshape(()).to(device, torch.float64) for i in tensors])
+        for i, v in zip(tensors, stacked.tolist()):
+            out[i] = v
+    return [float(v) for v in out]
+
+
+class NonFiniteWatch:
+    """Remembers the first step whose loss was NaN or Inf, on the loss's device.
+
+    :meth:`observe` is a few tiny device ops (no host synchronisation); :meth:`first` reads the
+    result back, which the engine does every :func:`sync_interval` steps and before it writes
+    a checkpoint, so a non-finite loss never reaches a checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._step: Tensor | None = None  # -1 while every loss was finite
+        self._value: Tensor | None = None
+
+    def observe(self, loss: Tensor, step: int) -> None:
+        loss = loss.detach().float().reshape(())
+        if self._step is None:
+            self._step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._value = torch.zeros((), device=loss.device)
+        new = ~torch.isfinite(loss) & (self._step < 0)
+        self._step = torch.where(new, step, self._step)
+        self._value = torch.where(new, loss, self._value)
+
+    def first(self) -> tuple[int, float] | None:
+        """``(step, loss)`` of the first non-finite loss, or None (synchronises)."""
+        if self._step is None or int(self._step) < 0:
+            return None
+        return int(self._step), float(self._value)
+
+
+def alignment_uniformity(z: Tensor) -> dict[str, Tensor]:
     """Wang & Isola (ICML 2020) on normalised embeddings ``z`` ``(n_views, B, D)``.
 
     alignment = E ||z1 - z2||^2 over positive pairs (lower is better);
     uniformity = log E exp(-2 ||z_a - z_b||^2) over distinct samples (lower is better).
+    Returns 0-d tensors on ``z``'s device (no host synchronisation).
     """
     align = (z[0] - z[1]).pow(2).sum(-1).mean()
     if z.shape[1] < 2:
-        return {"alignment": float(align)}
+        return {"alignment": align}
     uniform = torch.pdist(z[0]).pow(2).mul(-2).exp().mean().log()
-    return {"alignment": float(align), "uniformity": float(uniform)}
+    return {"alignment": align, "uniformity": uniform}
 
 
 def read_history(path: Path) -> list[dict]:
