@@ -26,37 +26,42 @@ from ssltk.augment import DEFAULT_PIPELINE, Pipeline
 from ssltk.registry import get_registry
 
 
-def monai_ops(spec: dict, size: int, p: float) -> list:
-    """The MONAI array transforms equivalent to one ssltk spec (same ranges and probability)."""
+def monai_ops(spec: dict, size: int | tuple[int, ...], p: float) -> list:
+    """The MONAI array transforms equivalent to one ssltk spec (same ranges and probability).
+
+    ``size``: the volumes' side (cubes) or their spatial shape.
+    """
     from monai import transforms as T
 
+    shape = (size,) * 3 if isinstance(size, int) else tuple(size)
     name = spec["name"]
     if name == "random_resized_crop":
         lo = spec["scale"][0] ** (1 / 3)  # per-axis scale giving the same smallest volume
         crop = T.RandScaleCrop(roi_scale=lo, max_roi_scale=1.0, random_size=True)
-        return [crop, T.Resize((size,) * 3, mode="trilinear")]
+        return [crop, T.Resize(shape, mode="trilinear")]
     if name == "flip":
         return [T.RandFlip(prob=p * spec["axis_p"], spatial_axis=a) for a in spec["axes"]]
     if name == "affine":
         rad = math.radians(spec["degrees"])
         return [T.RandAffine(prob=p, rotate_range=(rad,) * 3,
                              scale_range=(spec["scale"][1] - 1,) * 3,
-                             translate_range=(spec["translate"] * size,) * 3,
+                             translate_range=tuple(spec["translate"] * n for n in shape),
                              padding_mode="zeros", mode="bilinear",
-                             spatial_size=(size,) * 3, cache_grid=True)]
+                             spatial_size=shape, cache_grid=True)]
     if name == "gaussian_blur":
         s = tuple(spec["sigma"])
         return [T.RandGaussianSmooth(sigma_x=s, sigma_y=s, sigma_z=s, prob=p)]
     if name == "gaussian_noise":
         return [T.RandGaussianNoise(prob=p, mean=0.0, std=spec["std"][1], sample_std=True)]
     if name == "cutout":
-        lo, hi = (max(1, round(f * size)) for f in spec["size"])
+        lo, hi = (tuple(max(1, round(f * n)) for n in shape) for f in spec["size"])
         return [T.RandCoarseDropout(holes=1, spatial_size=lo, max_spatial_size=hi,
                                     fill_value=spec["fill"], prob=p)]
     raise KeyError(name)
 
 
-def monai_runner(specs: list[dict], size: int, per_op_p: float | None) -> Callable:
+def monai_runner(specs: list[dict], size: int | tuple[int, ...],
+                 per_op_p: float | None) -> Callable:
     from monai import transforms as T
     from monai.data import set_track_meta
 

@@ -62,7 +62,7 @@ def time_objective(store: Path, objective: str, args, registry, out: Path) -> di
 class _MonaiViews(torch.utils.data.Dataset):
     """What a user would write: one volume per item, views by MONAI per-sample transforms."""
 
-    def __init__(self, store: Path, size: int, n_views: int):
+    def __init__(self, store: Path, size: int | tuple[int, ...], n_views: int):
         self.store, self.n_views = VolumeStore.open(store), n_views
         self.chain = monai_runner(DEFAULT_PIPELINE, size, None)
 
