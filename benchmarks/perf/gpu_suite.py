@@ -113,6 +113,7 @@ class Mode:
     batch_cap: int
     budget_s: float
     enforce_budget: bool = True  # False: every config runs once, only the watchdog binds
+    all_variants: bool = True  # False: plain bf16 only for the first model and objective
     backbone_params: dict[str, dict] = field(default_factory=dict)
     models: list[str] = field(default_factory=lambda: ["resnet18", "densenet121"])
     objectives: list[str] = field(default_factory=lambda: ["simclr", "yaware"])
@@ -131,8 +132,8 @@ def quick_mode() -> Mode:
     the networks are narrowed (same layers) so that CPU steps take a fraction of a second."""
     return Mode(data_shapes=[(32,) * 3, (32, 40, 32)], step_shape=(32,) * 3,
                 max_batch_shape=(32, 40, 32), volumes=8, batch=2, data_batches=3, aug_batch=2,
-                aug_repeats=1, warmup=1, steps=1, workers=0, batch_start=2, batch_cap=4,
-                budget_s=600, enforce_budget=False,
+                aug_repeats=1, warmup=0, steps=1, workers=0, batch_start=2, batch_cap=2,
+                budget_s=600, enforce_budget=False, all_variants=False,
                 backbone_params={"resnet18": {"widen_factor": 0.25},
                                  "densenet121": {"init_features": 16, "growth_rate": 8}})
 
@@ -155,8 +156,12 @@ class Results:
     def save(self) -> None:
         with self.lock:
             self.doc["suite"]["elapsed_s"] = round(time.perf_counter() - T0, 1)
+            try:
+                md = markdown(self.doc)
+            except Exception as exc:  # noqa: BLE001  (the JSON matters more than its table)
+                md = f"report failed ({error_text(exc)}); re-render with gpu_report.py\n"
             for name, text in (("gpu_suite.json", json.dumps(self.doc, indent=1, default=str)),
-                               ("gpu_suite.md", markdown(self.doc))):
+                               ("gpu_suite.md", md)):
                 tmp = self.out / f".{name}.tmp"
                 tmp.write_text(text)
                 tmp.replace(self.out / name)
@@ -204,7 +209,6 @@ def free(device: torch.device) -> None:
 
 def left(deadline: float) -> float:
     return deadline - time.perf_counter()
-
 
 
 # -- env and stores --------------------------------------------------------------------------
@@ -459,7 +463,8 @@ def section_steps(res: Results, stores: dict, mode: Mode, device, deadline: floa
     n_rows = len(VolumeStore.open(store))
     batches = plan(n_rows, mode.batch, mode.warmup + mode.steps, seed=2)
     configs = [(m, o, p, cl, False) for m in mode.models for o in mode.objectives
-               for p, cl in VARIANTS]
+               for p, cl in VARIANTS if mode.all_variants or cl or p == "fp32"
+               or (m, o) == (mode.models[0], mode.objectives[0])]  # bf16 is slow on CPUs
     if device.type == "cuda":  # the engine leaves cuDNN's autotuner off (PyTorch's default)
         configs.append((mode.models[0], mode.objectives[0], "bf16", False, True))
     flops: dict[tuple[str, str], int] = {}
@@ -618,7 +623,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sections", nargs="+", default=SECTIONS[2:], choices=SECTIONS[2:],
                     help="sections to run (env and stores always run)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers of the baselines")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's; 1 with --device cpu --quick, "
+                         "which on a loaded machine is far faster than 2)")
     ap.add_argument("--tmp", type=Path, default=None, help="parent of the temporary stores")
     return ap.parse_args(argv)
 
@@ -658,8 +665,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = quick_mode() if args.quick else full_mode()
     mode.budget_s = args.budget or mode.budget_s
     mode.workers = mode.workers if args.workers is None else args.workers
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.quick and device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     args.out.mkdir(parents=True, exist_ok=True)
     res = Results(args.out, {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                              "started": datetime.datetime.now().isoformat(timespec="seconds"),
