@@ -113,7 +113,7 @@ class Mode:
     batch_cap: int
     budget_s: float
     enforce_budget: bool = True  # False: every config runs once, only the watchdog binds
-    all_variants: bool = True  # False: plain bf16 only for the first model and objective
+    all_variants: bool = True  # False: bf16 only for the first model and objective
     backbone_params: dict[str, dict] = field(default_factory=dict)
     models: list[str] = field(default_factory=lambda: ["resnet18", "densenet121"])
     objectives: list[str] = field(default_factory=lambda: ["simclr", "yaware"])
@@ -135,7 +135,7 @@ def quick_mode() -> Mode:
                 aug_repeats=1, warmup=0, steps=1, workers=0, batch_start=2, batch_cap=2,
                 budget_s=600, enforce_budget=False, all_variants=False,
                 backbone_params={"resnet18": {"widen_factor": 0.25},
-                                 "densenet121": {"init_features": 16, "growth_rate": 8}})
+                                 "densenet121": {"init_features": 8, "growth_rate": 4}})
 
 
 VARIANTS = [("fp32", False), ("bf16", False), ("bf16", True)]  # (precision, channels_last)
@@ -457,16 +457,23 @@ def mfu(flops: int | None, steps_s: float, precision: str, peak: dict | None) ->
     return flops * steps_s / (peak[basis] * 1e12), basis
 
 
+def step_configs(mode: Mode, device: torch.device) -> list[tuple[str, str, str, bool, bool]]:
+    """``(model, objective, precision, channels_last, cudnn_benchmark)`` of each step row."""
+    first = (mode.models[0], mode.objectives[0])
+    configs = [(m, o, p, cl, False) for m in mode.models for o in mode.objectives
+               for p, cl in VARIANTS  # quick: bf16 (slow on CPUs) for the first pair only
+               if mode.all_variants or p == "fp32" or (m, o) == first]
+    if device.type == "cuda":  # the engine leaves cuDNN's autotuner off (PyTorch's default)
+        configs.append((*first, "bf16", False, True))
+    return configs
+
+
 def section_steps(res: Results, stores: dict, mode: Mode, device, deadline: float,
                   tmp: Path) -> None:
     store = stores[label(mode.step_shape)]
     n_rows = len(VolumeStore.open(store))
     batches = plan(n_rows, mode.batch, mode.warmup + mode.steps, seed=2)
-    configs = [(m, o, p, cl, False) for m in mode.models for o in mode.objectives
-               for p, cl in VARIANTS if mode.all_variants or cl or p == "fp32"
-               or (m, o) == (mode.models[0], mode.objectives[0])]  # bf16 is slow on CPUs
-    if device.type == "cuda":  # the engine leaves cuDNN's autotuner off (PyTorch's default)
-        configs.append((mode.models[0], mode.objectives[0], "bf16", False, True))
+    configs = step_configs(mode, device)
     flops: dict[tuple[str, str], int] = {}
     peak = res.doc["env"].get("peak")
     for i, (model, objective, precision, cl, tune) in enumerate(configs):

@@ -115,7 +115,10 @@ def test_quick_cpu_run_fills_every_section(tmp_path, suite):
     assert doc["env"]["torch"] == torch.__version__ and doc["env"]["peak"] is None
 
     steps = doc["steps"]["rows"]
-    assert len(steps) == 2 * 2 * 2 + 1  # fp32 and bf16 + channels_last; plain bf16 once
+    configs = suite.step_configs(suite.quick_mode(), torch.device("cpu"))
+    assert [(r["model"], r["objective"], r["precision"], r["channels_last"]) for r in steps] \
+        == [c[:4] for c in configs]
+    assert {c[2] for c in configs} == {"fp32", "bf16"} and len(configs) == 4 + 2
     for r in steps:
         assert r["steps"] >= 1 and 0 < r["steps_s"] < 1e4
         assert r["vol_s"] == pytest.approx(r["steps_s"] * r["batch"])
