@@ -63,7 +63,7 @@ def steps_table(doc: dict) -> list[str]:
         lines.append(f"| {r['model']} | {r['objective']} | {prec} | {fmt(r['steps_s'], '.2f')} "
                      f"| {fmt(r['vol_s'])} | {fmt(r.get('peak_mem_gb'))} | "
                      f"{pct(r['data_wait_share'])} | {pct(r['host_data_share'])} | "
-                     f"{fmt(r.get('tflop_per_step'), '.2f')} | {pct(r.get('mfu'))}{basis} |")
+                     f"{fmt(r.get('tflop_per_step'), '.3g')} | {pct(r.get('mfu'))}{basis} |")
     return lines + ["", "Data wait: wall time blocked waiting for the prefetched batch. Host data "
                     "share: the engine's `data_fraction` (host time of fetch + augmentation "
                     "launch). MFU: counted FLOPs x steps/s / dense peak of the dtype.", ""]

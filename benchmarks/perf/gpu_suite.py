@@ -133,7 +133,7 @@ def quick_mode() -> Mode:
     return Mode(data_shapes=[(32,) * 3, (32, 40, 32)], step_shape=(32,) * 3,
                 max_batch_shape=(32, 40, 32), volumes=8, batch=2, data_batches=3, aug_batch=2,
                 aug_repeats=1, warmup=0, steps=1, workers=0, batch_start=2, batch_cap=2,
-                budget_s=600, enforce_budget=False, all_variants=False,
+                budget_s=1200, enforce_budget=False, all_variants=False,
                 backbone_params={"resnet18": {"widen_factor": 0.25},
                                  "densenet121": {"init_features": 8, "growth_rate": 4}})
 
@@ -626,7 +626,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes, batch 2, 1 step per config (the CI smoke test)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="global time budget in s (default 270; --quick 600, not binding)")
+                    help="global time budget in s (default 270; --quick 1200, not binding)")
     ap.add_argument("--sections", nargs="+", default=SECTIONS[2:], choices=SECTIONS[2:],
                     help="sections to run (env and stores always run)")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers of the baselines")

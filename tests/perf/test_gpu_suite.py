@@ -106,7 +106,7 @@ def test_quick_cpu_run_fills_every_section(tmp_path, suite):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(PERF / "gpu_suite.py"), "--device", "cpu",
                            "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=900, env=env)
+                          timeout=1300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert doc["suite"]["finished"] and "watchdog" not in doc["suite"]
