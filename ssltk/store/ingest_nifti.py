@@ -95,7 +95,7 @@ def discover_nifti(src: Path, pattern: str | None = None) -> list[Item]:
     return [_item_of(p) for p in files]
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(D, H, W)`` float32 data and 4x4 affine; raises ValueError with the fix."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
@@ -142,6 +142,18 @@ def normalize(x: np.ndarray, mode: Normalize) -> np.ndarray:
 def preprocess(data: np.ndarray, affine: np.ndarray,
                options: NiftiOptions) -> tuple[np.ndarray, tuple[float, ...]]:
     """``(D, H, W)`` data -> ``(1, *shape)`` float32 volume and its voxel size in mm."""
+    volume, zooms, _ = preprocess_with_affine(data, affine, options)
+    return volume, zooms
+
+
+def preprocess_with_affine(data: np.ndarray, affine: np.ndarray, options: NiftiOptions,
+                           ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """:func:`preprocess`, plus the 4x4 voxel-to-world affine of the output grid.
+
+    The affine maps the output volume's voxels into the input file's world space (MONAI's
+    MetaTensor tracks it through every transform), so a map computed on the volume can be
+    resampled back onto the input file's grid (``ssltk explain``).
+    """
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Orientation, ResizeWithPadOrCrop, Spacing
@@ -151,17 +163,18 @@ def preprocess(data: np.ndarray, affine: np.ndarray,
     if options.spacing is not None:
         x = Spacing(pixdim=(options.spacing,) * 3, mode="bilinear")(x)
     zooms = tuple(float(z) for z in np.sqrt((x.affine.numpy()[:3, :3] ** 2).sum(axis=0)))
-    vol = normalize(x.numpy().astype(np.float32, copy=False), options.normalize)
+    vol = MetaTensor(torch.from_numpy(normalize(x.numpy().astype(np.float32, copy=False),
+                                                options.normalize)), affine=x.affine)
     if options.shape is not None:
-        vol = ResizeWithPadOrCrop(spatial_size=options.shape)(torch.from_numpy(vol))
-        vol = vol.numpy() if isinstance(vol, torch.Tensor) else np.asarray(vol)
-    return np.ascontiguousarray(vol, dtype=np.float32), zooms
+        vol = ResizeWithPadOrCrop(spatial_size=options.shape)(vol)
+    out_affine = vol.affine.numpy().astype(np.float64)
+    return np.ascontiguousarray(vol.numpy(), dtype=np.float32), zooms, out_affine
 
 
 def process_nifti(item: Item, options: NiftiOptions) -> Processed:
     """Load, check, preprocess and hash one file (runs in a worker)."""
     try:
-        data, affine = _load(item.path)
+        data, affine = load_nifti(item.path)
         volume, zooms = preprocess(data, affine, options)
     except ValueError as exc:
         return Processed(error=str(exc))
