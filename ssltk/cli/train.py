@@ -97,12 +97,18 @@ def embed(
 
 
 def export(
-    encoder: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="encoder.pt.")],
+    encoder: Annotated[Path, typer.Argument(exists=True, help="encoder.pt, or a model bundle "
+                                            "folder.")],
     out: Annotated[Path, typer.Option(help="Where to write the plain MONAI state_dict.")],
 ) -> None:
-    """Export a pretrained encoder as a plain state_dict of the matching MONAI network."""
+    """Export a pretrained encoder (or a bundle's) as a plain state_dict of the MONAI network."""
     from ssltk.engine import export_encoder
 
+    if encoder.is_dir():
+        from ssltk.engine.bundle import export_bundle
+
+        console().print(f"[green]wrote[/] {export_bundle(encoder, out)}")
+        return
     console().print(f"[green]wrote[/] {export_encoder(encoder, out)}")
 
 
@@ -128,6 +134,9 @@ def finetune(
     seed: Annotated[int | None, typer.Option(help="Seed (default: the first of `seeds`).")] = None,
     repeat: Annotated[int, typer.Option(help="Split repeat index.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Write metrics and predictions (JSON).")] = None,
+    save_model: Annotated[Path | None, typer.Option(
+        "--save-model", file_okay=False,
+        help="Save the trained model as a bundle folder (for predict, explain, serve).")] = None,
     device: Device = "auto",
 ) -> None:
     """Finetune one encoder (or scratch) on CONFIG's task: one cell of the benchmark grid."""
@@ -152,10 +161,16 @@ def finetune(
     pool, val, test = base_split(cohort, f.val_fraction, f.test_fraction, seed, repeat)
     train = budget_subset(cohort, pool, budget, f"--{budget.kind.replace('_', '-')}")
     run = finetune_run(cfg, cohort, (train, val, test), mode, seed, encoder)
-    result = run_finetune(run, registry=reg, device=device, progress=True)
+    info = {"benchmark": cfg.name, "benchmark_config_hash": cfg.content_hash(),
+            "method": "scratch" if encoder is None else str(encoder), "mode": mode,
+            "budget": budget.as_dict(), "seed": seed, "repeat": repeat}
+    result = run_finetune(run, registry=reg, device=device, progress=True,
+                          save_model=save_model, model_info=info)
     print_metrics(result.metrics, f"{'scratch' if encoder is None else encoder} - {mode}, "
                                   f"{budget.label}, seed {seed}: {len(train)} train / "
                                   f"{len(val)} val / {len(test)} test subjects")
     if out is not None:
         result.save(out)
         console().print(f"[green]wrote[/] {out}")
+    if save_model is not None:
+        console().print(f"[green]saved model[/] {save_model}")

@@ -107,8 +107,14 @@ def load_encoder(spec: ComponentSpec, encoder: str | Path | None, in_channels: i
 
 
 def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str = "auto",
-             progress: bool = False) -> FinetuneResult:
-    """Finetune and evaluate; returns test metrics and per-row predictions."""
+             progress: bool = False, save_model: str | Path | None = None,
+             model_info: dict | None = None) -> FinetuneResult:
+    """Finetune and evaluate; returns test metrics and per-row predictions.
+
+    Args:
+        save_model: also write the trained model as a bundle folder there
+            (:mod:`ssltk.engine.bundle`); ``model_info`` adds facts to its model.json.
+    """
     registry = registry or get_registry()
     ctx = runtime.Context(runtime.resolve_device(device))
     store = VolumeStore.open(run.store)
@@ -120,10 +126,24 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
                             registry).to(ctx.device)
     reader = BatchReader(store)
     if run.mode == "frozen":
-        result = _probe(run, backbone, reader, targets, ctx)
+        result, head = _probe(run, backbone, reader, targets, ctx)
     else:
-        result = _train_full(run, backbone, reader, targets, ctx, registry, progress)
+        result, head = _train_full(run, backbone, reader, targets, ctx, registry, progress)
+    if save_model is not None:
+        from ssltk.engine.bundle import save_bundle
+
+        save_bundle(save_model, run=run, backbone=backbone, store=store,
+                    classes=targets.classes, metrics=result.metrics,
+                    val_score=best_val_score(result), info=model_info,
+                    **({"probe": head, "head": None} if run.mode == "frozen"
+                       else {"probe": None, "head": head}))
     return result
+
+
+def best_val_score(result: FinetuneResult) -> float | None:
+    """The best validation score of training (ROC-AUC, balanced accuracy or -MAE)."""
+    scores = [h["val_score"] for h in result.history if np.isfinite(h.get("val_score", np.nan))]
+    return float(max(scores)) if scores else None
 
 
 # -- frozen: embeddings + scikit-learn ---------------------------------------------------------
@@ -142,7 +162,10 @@ def embed_rows(backbone: Backbone, reader: BatchReader, rows, ctx: runtime.Conte
 
 
 def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
-           ctx: runtime.Context) -> FinetuneResult:
+           ctx: runtime.Context) -> tuple[FinetuneResult, dict]:
+    """The result, and the chosen probe as plain arrays (for a bundle)."""
+    from ssltk.engine.bundle import probe_arrays
+
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -166,7 +189,8 @@ def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: T
         if best is None or score > best[0]:
             best = (score, model)
     test_out = _predict(run, best[1], emb["test"], targets)
-    return _result(run, targets, y["test"], test_out, None, history)
+    return (_result(run, targets, y["test"], test_out, None, history),
+            probe_arrays(best[1], run.task))
 
 
 def _predict(run: FinetuneRun, model, x: np.ndarray, targets: Targets) -> np.ndarray:
@@ -209,7 +233,9 @@ class _Classifier(nn.Module):
 
 
 def _train_full(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
-                ctx: runtime.Context, registry: Registry, progress: bool) -> FinetuneResult:
+                ctx: runtime.Context, registry: Registry,
+                progress: bool) -> tuple[FinetuneResult, dict]:
+    """The result, and the head's state (outputting the value itself for regression)."""
     n_out = targets.n_classes if run.task == "classification" else 1
     model = _Classifier(backbone, n_out).to(ctx.device)
     optimizer = torch.optim.AdamW(
@@ -251,7 +277,16 @@ def _train_full(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targe
                     break
     model.load_state_dict(best[2])
     test_out = _forward_rows(model, reader, run.test_rows, run, targets, ctx)
-    return _result(run, targets, targets.values(run.test_rows), test_out, best[1], history)
+    result = _result(run, targets, targets.values(run.test_rows), test_out, best[1], history)
+    return result, _head_state(model.head, run, targets)
+
+
+def _head_state(head: nn.Linear, run: FinetuneRun, targets: Targets) -> dict[str, Tensor]:
+    if run.task == "regression":
+        from ssltk.engine.bundle import fold_standardisation
+
+        return fold_standardisation(head, *targets.standardisation(run.train_rows))
+    return {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
 
 
 def _loss_fn(run: FinetuneRun, targets: Targets, ctx: runtime.Context):
