@@ -148,10 +148,7 @@ def save_bundle(out: str | Path, *, run, backbone: nn.Module, head: dict[str, Te
         metrics: the test metrics; val_score: the best validation score of training.
         info: extra JSON-able facts (benchmark, method, cell...).
     """
-    out = Path(out)
-    if out.exists() and not (out / MODEL_JSON).is_file():
-        if not out.is_dir() or any(out.iterdir()):
-            raise SsltkError(f"{out} exists and is not a model bundle; choose another folder")
+    out = check_target(out)
     state = {"backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()}}
     state.update({"head": head} if probe is None else {"probe": probe})
     meta = _model_json(run, backbone, probe, store, classes, metrics, val_score, info or {})
@@ -164,6 +161,16 @@ def save_bundle(out: str | Path, *, run, backbone: nn.Module, head: dict[str, Te
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def check_target(out: str | Path) -> Path:
+    """``out`` may take a bundle: missing, an empty folder, or a bundle (to be replaced)."""
+    out = Path(out)
+    if out.exists() and not (out / MODEL_JSON).is_file():
+        if not out.is_dir() or any(out.iterdir()):
+            raise SsltkError(f"{out} exists and is not a model bundle; choose another folder "
+                             f"(a bundle there would be replaced)")
     return out
 
 

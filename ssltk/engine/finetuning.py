@@ -116,6 +116,10 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
             (:mod:`ssltk.engine.bundle`); ``model_info`` adds facts to its model.json.
     """
     registry = registry or get_registry()
+    if save_model is not None:
+        from ssltk.engine.bundle import check_target
+
+        check_target(save_model)  # before training, not after
     ctx = runtime.Context(runtime.resolve_device(device))
     store = VolumeStore.open(run.store)
     targets = load_targets(store, run.target, run.task, run.classes, source=str(run.store))
