@@ -79,6 +79,10 @@ def _register_commands() -> None:
     app.add_typer(store.app, name="store")
     from ssltk.cli import synth
     app.command("synth")(synth.command)
+    from ssltk.cli import explain, predict, serve
+    app.command("predict")(predict.command)
+    app.command("explain")(explain.command)
+    app.command("serve")(serve.command)
 
 
 _register_commands()
