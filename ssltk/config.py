@@ -109,6 +109,10 @@ class FinetuneConfig(StrictModel):
     class_weighting: bool = False
     augmentations: list[ComponentSpec] = Field(
         default_factory=list, description="Applied to training batches in full finetuning.")
+    save_models: Literal["none", "best", "all"] = Field(
+        default="none", description="Save model bundles under RUN_DIR/models: 'best' keeps, per "
+                                    "method and mode, the cell with the best validation score at "
+                                    "the largest budget; 'all' keeps every cell's.")
 
     @model_validator(mode="after")
     def _budgets(self) -> FinetuneConfig:
@@ -118,6 +122,13 @@ class FinetuneConfig(StrictModel):
             if not 0 < f <= 1:
                 raise ValueError(f"label_fractions must be in (0, 1], got {f}")
         return self
+
+
+class ReportConfig(StrictModel):
+    gradcam: bool = Field(
+        default=False, description="Add a Grad-CAM panel of a few test subjects per method "
+                                   "(needs finetune.save_models = 'best' or 'all').")
+    gradcam_subjects: int = Field(default=3, ge=1, le=12, description="Subjects in the panel.")
 
 
 class BenchmarkConfig(StrictModel):
@@ -135,6 +146,14 @@ class BenchmarkConfig(StrictModel):
     backbone: ComponentSpec
     pretrain: PretrainConfig
     finetune: FinetuneConfig
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _gradcam_needs_models(self) -> BenchmarkConfig:
+        if self.report.gradcam and self.finetune.save_models == "none":
+            raise ValueError("report.gradcam needs saved models: set finetune.save_models = "
+                             "\"best\" (or \"all\")")
+        return self
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the resolved config (stable across key order)."""

@@ -1,4 +1,5 @@
-"""Figures of a benchmark report: label-efficiency curves, ROC curves, confusion matrices.
+"""Figures of a benchmark report: label efficiency, ROC and precision-recall curves, confusion
+matrices.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (``matplotlib.figure.Figure``,
 never ``pyplot``), so nothing here touches the global backend or leaks open figures.
@@ -68,7 +69,7 @@ def plot_label_efficiency(rows: list[AggregateRow], path: Path) -> Path:
         for i, method in enumerate(methods):
             # methods side by side at each budget, so that their error bars do not overlap
             dodge = 0.03 * max(1, len(budgets) - 1) * (i - (len(methods) - 1) / 2)
-            _draw_efficiency_line(ax, by_method[method], x_of, dodge)
+            _draw_efficiency_line(ax, by_method[method], x_of, dodge, mode)
         ax.set_xticks(range(len(budgets)), [b.label for b in budgets])
         ax.set(title=f"{mode} finetuning", xlabel="labelled training budget",
                ylabel=f"{metric} (mean, 95% CI)")
@@ -77,14 +78,15 @@ def plot_label_efficiency(rows: list[AggregateRow], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _draw_efficiency_line(ax, rows: list[AggregateRow], x_of: dict, dodge: float) -> None:
+def _draw_efficiency_line(ax, rows: list[AggregateRow], x_of: dict, dodge: float,
+                          mode: str = "") -> None:
     """One method's mean line, CI band (between finite neighbours) and CI error bars."""
     pts = sorted(rows, key=lambda r: r.budget.sort_key)
     x = np.array([x_of[r.budget] for r in pts]) + dodge
     mean = np.array([r.mean for r in pts])
     lo, hi = np.array([r.ci_low for r in pts]), np.array([r.ci_high for r in pts])
     style = {"color": "black", "linestyle": "--"} if pts[0].method == SCRATCH else {}
-    line, = ax.plot(x, mean, marker="o", label=pts[0].method, **style)
+    line, = ax.plot(x, mean, marker="o", label=method_label(pts[0].method, mode), **style)
     ax.fill_between(x, lo, hi, where=np.isfinite(lo) & np.isfinite(hi),
                     color=line.get_color(), alpha=0.12, linewidth=0)
     # the bars also show a finite CI whose neighbours have none (n = 1), where no band is drawn
@@ -122,11 +124,71 @@ def macro_roc(y_true, proba, class_names: list[str]) -> tuple[np.ndarray, np.nda
     return _FPR_GRID, tpr, float(np.mean([c["auc"] for c in defined]))
 
 
-def plot_roc(results: list[dict], path: Path) -> Path | None:
-    """ROC curves per method, pooled over every run at the largest budget, one panel per mode.
+def micro_roc(y_true, proba, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Micro-averaged one-vs-rest ROC: every (scan, class) decision pooled into one curve."""
+    from sklearn.metrics import roc_auc_score, roc_curve
 
-    Pooling concatenates the test predictions of all seeds and repeats, so the curve and its
-    AUC describe all test predictions together (not the mean of per-run AUCs in the tables).
+    onehot = np.eye(len(class_names))[np.asarray(y_true, dtype=int)].ravel()
+    score = np.asarray(proba, dtype=float).ravel()
+    if onehot.min() == onehot.max():
+        return np.array([]), np.array([]), math.nan
+    fpr, tpr, _ = roc_curve(onehot, score)
+    return fpr, tpr, float(roc_auc_score(onehot, score))
+
+
+_RECALL_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def _pr(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    if positive.all() or not positive.any():
+        return None
+    precision, recall, _ = precision_recall_curve(positive, score)
+    return recall, precision, float(average_precision_score(positive, score))
+
+
+def pr_curves(y_true, proba, class_names: list[str]) -> dict[str, tuple]:
+    """Precision-recall curves to draw for one method: ``{label: (recall, precision, AP)}``.
+
+    Binary: the positive class (class 1). More classes: ``micro`` (every (scan, class)
+    decision pooled) and ``macro`` (the mean over classes of the interpolated precision,
+    ``max precision at recall >= r``, on a common recall grid; its AP is the mean of the
+    per-class average precisions, as scikit-learn's ``average="macro"``).
+    """
+    y, p = np.asarray(y_true, dtype=int), np.asarray(proba, dtype=float)
+    if len(class_names) == 2:
+        curve = _pr(y == 1, p[:, 1])
+        return {} if curve is None else {"": curve}
+    out = {}
+    micro = _pr(np.eye(len(class_names))[y].ravel().astype(bool), p.ravel())
+    if micro is not None:
+        out["micro"] = micro
+    per_class = [c for c in (_pr(y == k, p[:, k]) for k in range(len(class_names))) if c]
+    if per_class:
+        interp = []
+        for recall, precision, _ in per_class:
+            best = np.maximum.accumulate(precision[::-1])[::-1]  # max precision at recall >= r
+            order = np.argsort(recall, kind="stable")
+            interp.append(np.interp(_RECALL_GRID, recall[order], best[order]))
+        out["macro"] = (_RECALL_GRID, np.mean(interp, axis=0),
+                        float(np.mean([ap for _, _, ap in per_class])))
+    return out
+
+
+def method_label(method: str, mode: str) -> str:
+    """How a method is named in figures: scratch in frozen mode is a probe on a randomly
+    initialised, untrained encoder, and says so."""
+    return "random init (frozen)" if method == SCRATCH and mode == "frozen" else method
+
+
+def plot_roc(results: list[dict], path: Path) -> Path | None:
+    """ROC and precision-recall curves per method, pooled over every run at the largest budget.
+
+    One row per mode: ROC on the left, precision-recall on the right. With more than two
+    classes each method has a macro (solid) and a micro (dotted) average. Pooling concatenates
+    the test predictions of all seeds and repeats, so a curve and its AUC describe all test
+    predictions together (not the mean of per-run AUCs in the tables).
 
     Returns:
         ``path``, or None when no record holds predictions.
@@ -136,20 +198,45 @@ def plot_roc(results: list[dict], path: Path) -> Path | None:
     if not any(_pooled(results, m, b) for m, b in panels):
         return None
     classes = [str(c) for c in next(r["classes"] for r in results if r.get("classes"))]
-    kind = f"positive class: {classes[1]}" if len(classes) == 2 else "macro one-vs-rest"
-    fig, axes = _figure(1, len(modes), "ROC curves (test predictions pooled over runs)")
-    for ax, (mode, budget) in zip(axes[0], panels):
+    kind = (f"positive class: {classes[1]}" if len(classes) == 2
+            else "one-vs-rest, macro solid, micro dotted")
+    fig, axes = _figure(len(modes), 2, "ROC and precision-recall curves (test predictions "
+                                       "pooled over runs)")
+    for (roc_ax, pr_ax), (mode, budget) in zip(axes, panels):
+        prevalence = []
         for method, recs in _pooled(results, mode, budget).items():
             y = np.concatenate([r["predictions"]["y_true"] for r in recs]).astype(int)
             p = np.concatenate([np.asarray(r["predictions"]["proba"], float) for r in recs])
-            fpr, tpr, auc = macro_roc(y, p, classes)
-            style = {"color": "black", "linestyle": "--"} if method == SCRATCH else {}
-            ax.plot(fpr, tpr, label=f"{method} (AUC {auc:.3f}, {len(recs)} runs)", **style)
-        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
-        ax.set(title=f"{mode}, {budget.label} ({kind})", xlabel="false positive rate",
-               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-        ax.legend(loc="lower right", fontsize=8)
+            prevalence.append(float(np.mean(y == 1)))
+            _draw_roc_pr(roc_ax, pr_ax, y, p, classes, f"{method_label(method, mode)}, "
+                         f"{len(recs)} runs", method == SCRATCH)
+        roc_ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
+        roc_ax.set(title=f"ROC, {mode}, {budget.label} ({kind})", xlabel="false positive rate",
+                   ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        if len(classes) == 2 and prevalence:
+            pr_ax.axhline(prevalence[0], color="grey", linewidth=0.8, linestyle=":",
+                          label=f"chance ({classes[1]} prevalence)")
+        pr_ax.set(title=f"Precision-recall, {mode}, {budget.label}", xlabel="recall",
+                  ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        roc_ax.legend(loc="lower right", fontsize=7)
+        pr_ax.legend(loc="lower left", fontsize=7)
     return _save(fig, path)
+
+
+def _draw_roc_pr(roc_ax, pr_ax, y, p, classes: list[str], label: str, scratch: bool) -> None:
+    style = {"color": "black", "linestyle": "--"} if scratch else {}
+    fpr, tpr, auc = macro_roc(y, p, classes)
+    avg = "" if len(classes) == 2 else " macro"
+    line, = roc_ax.plot(fpr, tpr, label=f"{label}{avg} (AUC {auc:.3f})", **style)
+    color = line.get_color()
+    if len(classes) > 2:
+        fpr, tpr, auc = micro_roc(y, p, classes)
+        roc_ax.plot(fpr, tpr, color=color, linestyle=":", label=f"{label} micro (AUC {auc:.3f})")
+    for avg, (recall, precision, ap) in pr_curves(y, p, classes).items():
+        dotted = avg == "micro"
+        pr_ax.plot(recall, precision, color=color, linestyle=":" if dotted else
+                   style.get("linestyle", "-"), drawstyle="steps-post" if avg == "" else None,
+                   label=f"{label}{' ' + avg if avg else ''} (AP {ap:.3f})")
 
 
 def plot_confusion(results: list[dict], path: Path) -> Path | None:
@@ -180,7 +267,7 @@ def plot_confusion(results: list[dict], path: Path) -> Path | None:
         label = largest_budget(results, mode).label
         for j, method in enumerate(methods):
             _draw_confusion(axes[i, j], sums.get((mode, method)), classes,
-                            f"{method}, {mode}, {label}")
+                            f"{method_label(method, mode)}, {mode}, {label}")
     return _save(fig, path)
 
 
@@ -218,7 +305,8 @@ def plot_regression_scatter(results: list[dict], path: Path) -> Path | None:
     for i, (mode, budget) in enumerate(panels):
         for j, method in enumerate(methods):
             ax, recs = axes[i, j], pooled[mode].get(method)
-            ax.set(title=f"{method}, {mode}, {budget.label}", xlabel="true", ylabel="predicted")
+            ax.set(title=f"{method_label(method, mode)}, {mode}, {budget.label}", xlabel="true",
+                   ylabel="predicted")
             if not recs:
                 ax.set_axis_off()
                 continue

@@ -207,8 +207,11 @@ _HOW_TO_READ = """\
   better/equal/worse ({direction}). The Wilcoxon signed-rank test assumes only symmetric
   differences; the paired t-test assumes roughly normal differences. With fewer than 6 pairs
   Wilcoxon cannot reach p < 0.05, and the p-values are not corrected for multiple comparisons.
-- ROC curves and confusion matrices pool the test predictions of every run at the largest
-  budget, so their AUC can differ from the mean AUC of the tables.
+- ROC and precision-recall curves and confusion matrices pool the test predictions of every
+  run at the largest budget, so their AUC can differ from the mean AUC of the tables. With more
+  than two classes the curves show macro (solid) and micro (dotted) averages.
+- In frozen mode, scratch is a linear probe on a randomly initialised, untrained encoder: the
+  figures call it "random init (frozen)".
 """
 
 
@@ -220,6 +223,7 @@ def write_figures(results: list[dict], rows: list[AggregateRow], fig_dir: Path) 
                 plots.plot_confusion(results, fig_dir / "confusion.png")]
     else:
         out.append(plots.plot_regression_scatter(results, fig_dir / "predicted_vs_true.png"))
+    out += sorted(fig_dir.glob("gradcam_*.png"))  # drawn by the run ([report] gradcam)
     return [p for p in out if p is not None]
 
 

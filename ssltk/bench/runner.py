@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 
 from ssltk.bench.grid import Cell, Grid, PretrainJob
+from ssltk.bench.models import model_dir, model_info, select_best
 from ssltk.bench.results import append_result, finished_cells
 from ssltk.config import BenchmarkConfig, load_config
 from ssltk.engine import finetune, pretrain
+from ssltk.bench.stats import Budget
 from ssltk.engine.checkpoint import package_versions
+from ssltk.engine.finetuning import best_val_score
 from ssltk.engine.runtime import resolve_device
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry, get_registry
@@ -30,10 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Group:
-    """A pretraining job (None: scratch) and its pending finetuning cells: one unit of work."""
+    """A pretraining job (None: scratch) and its pending finetuning cells: one unit of work.
+
+    ``save_models`` and ``largest`` (the grid's largest budget) say which cells save a bundle.
+    """
 
     job: PretrainJob | None
     cells: list[Cell]
+    save_models: str = "none"
+    largest: Budget | None = None
 
 
 def run_dir(config: BenchmarkConfig) -> Path:
@@ -58,9 +66,12 @@ def resolve_devices(config: BenchmarkConfig, override: list[str] | None = None) 
 
 def pending_groups(grid: Grid, results_path: Path) -> list[Group]:
     done = finished_cells(results_path)
-    groups = [Group(None, [c for c in grid.cells_of(None) if c.key not in done])]
+    policy = grid.config.finetune.save_models
+    largest = max((c.budget for c in grid.cells), key=lambda b: b.sort_key, default=None)
+    groups = [Group(None, [c for c in grid.cells_of(None) if c.key not in done], policy, largest)]
     for job in grid.pretrain_jobs:
-        groups.append(Group(job, [c for c in grid.cells_of(job) if c.key not in done]))
+        groups.append(Group(job, [c for c in grid.cells_of(job) if c.key not in done], policy,
+                            largest))
     return [g for g in groups if g.cells]
 
 
@@ -76,7 +87,9 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
     for cell in group.cells:
         t0 = time.perf_counter()
         run = cell.run.model_copy(update={"encoder": encoder})
-        out = finetune(run, registry=registry, device=device)
+        save = model_dir(root, cell, group.save_models, group.largest)
+        out = finetune(run, registry=registry, device=device, save_model=save,
+                       model_info=model_info(cell, benchmark, config_hash) if save else None)
         append_result(root / "results.jsonl",
                       record(cell, out, benchmark, config_hash, pretrain_s,
                              time.perf_counter() - t0))
@@ -97,7 +110,8 @@ def record(cell: Cell, out, benchmark: str, config_hash: str, pretrain_s: float,
         "seed": cell.seed, "repeat": cell.repeat, "split_hash": cell.split_hash,
         "n_train": len(run.train_rows), "n_val": len(run.val_rows), "n_test": len(run.test_rows),
         "task": run.task, "classes": out.predictions.get("classes"),
-        "metrics": out.metrics, "predictions": out.predictions,
+        "metrics": out.metrics, "val_score": best_val_score(out),
+        "predictions": out.predictions,
         "timings": {"pretrain_s": pretrain_s, "finetune_s": finetune_s},
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -183,4 +197,9 @@ def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
     if on_start is not None:
         on_start(config, grid, devices, done)
     execute(groups, config, devices, root, progress or (lambda g: None))
+    select_best(root)
+    if config.report.gradcam:
+        from ssltk.bench.gradcam import write_gradcam_panels
+
+        write_gradcam_panels(root, config.report.gradcam_subjects, registry=registry)
     return root

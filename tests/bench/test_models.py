@@ -1,0 +1,95 @@
+"""``[finetune] save_models`` and the report's Grad-CAM panel; PR curves and labels of plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_runner import write_config
+
+from ssltk.bench.models import CANDIDATES, saved_bundles
+from ssltk.bench.plots import method_label, micro_roc, pr_curves
+from ssltk.bench.report import write_report
+from ssltk.bench.results import read_results
+from ssltk.bench.runner import run_benchmark
+from ssltk.config import load_config
+from ssltk.errors import ConfigError
+
+SMALL = {'objectives = [{name = "simclr"}, {name = "yaware", anchor = {name = "rbf", '
+         'columns = ["age"], sigma = 5.0}}]': 'objectives = [{name = "simclr"}]',
+         "seeds = [0, 1]": "seeds = [0, 1, 2]"}
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory, make_tiny_store):
+    return make_tiny_store(tmp_path_factory.mktemp("models") / "tiny.h5", (1, 16, 16, 16), n=32)
+
+
+def test_best_keeps_the_best_validation_cell_at_the_largest_budget(tmp_path, tiny_store):
+    cfg = write_config(tmp_path, tiny_store, **SMALL, **{
+        'test_fraction = 0.25': 'test_fraction = 0.25\nsave_models = "best"\n'
+                                '[report]\ngradcam = true\ngradcam_subjects = 2'})
+    root = run_benchmark(cfg)
+    results = read_results(root / "results.jsonl")
+    bundles = {p.name: json.loads((p / "model.json").read_text()) for p in saved_bundles(root)}
+    assert set(bundles) == {"scratch-frozen", "simclr-frozen"}
+    assert not (root / "models" / CANDIDATES).exists()
+    for name, meta in bundles.items():
+        method = name.removesuffix("-frozen")
+        largest = [r for r in results if r["method"] == method and r["budget_label"] == "4/class"]
+        assert len(largest) == 3  # one per seed
+        best = max(largest, key=lambda r: (r["val_score"], -r["seed"]))
+        assert meta["info"]["cell"] == best["cell"] and meta["val_score"] == best["val_score"]
+        assert meta["metrics"] == best["metrics"] and meta["info"]["budget_label"] == "4/class"
+    assert (root / "figures" / "gradcam_frozen.png").stat().st_size > 5000
+    report = write_report(root).read_text()
+    assert "figures/gradcam_frozen.png" in report
+    again = run_benchmark(cfg)  # nothing left to run: the kept bundles stay
+    assert {p.name for p in saved_bundles(again)} == set(bundles)
+
+
+def test_all_saves_every_cell_and_gradcam_needs_saved_models(tmp_path, tiny_store):
+    cfg = write_config(tmp_path, tiny_store, **SMALL, **{
+        "seeds = [0, 1, 2]": "seeds = [0]",
+        'test_fraction = 0.25': 'test_fraction = 0.25\nsave_models = "all"'})
+    root = run_benchmark(cfg)
+    names = sorted(p.name for p in saved_bundles(root))
+    assert names == ["scratch-frozen-n_per_class2-seed0-rep0",
+                     "scratch-frozen-n_per_class4-seed0-rep0",
+                     "simclr-frozen-n_per_class2-seed0-rep0",
+                     "simclr-frozen-n_per_class4-seed0-rep0"]
+    bad = write_config(tmp_path, tiny_store, name="bad.toml",
+                       **{'test_fraction = 0.25': 'test_fraction = 0.25\n[report]\ngradcam = true'})
+    with pytest.raises(ConfigError, match="report.gradcam needs saved models"):
+        load_config(bad)
+
+
+def test_precision_recall_and_micro_averages_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    proba = rng.dirichlet(np.ones(3), 120)
+    proba[np.arange(120), y] += 0.6
+    proba /= proba.sum(1, keepdims=True)
+    onehot = np.eye(3)[y]
+    curves = pr_curves(y, proba, ["CN", "MCI", "AD"])
+    assert curves["macro"][2] == pytest.approx(average_precision_score(onehot, proba,
+                                                                       average="macro"))
+    assert curves["micro"][2] == pytest.approx(average_precision_score(onehot, proba,
+                                                                       average="micro"))
+    assert micro_roc(y, proba, ["CN", "MCI", "AD"])[2] == pytest.approx(
+        roc_auc_score(onehot, proba, average="micro"))
+    recall, precision, _ = curves["macro"]
+    assert np.all(np.diff(precision) <= 1e-12)  # interpolated precision never rises
+    yb = (y == 1).astype(int)
+    pb = np.c_[1 - proba[:, 1], proba[:, 1]]
+    (binary,) = pr_curves(yb, pb, ["no", "yes"]).values()
+    assert binary[2] == pytest.approx(average_precision_score(yb, pb[:, 1]))
+
+
+def test_scratch_is_called_random_init_in_frozen_mode():
+    assert method_label("scratch", "frozen") == "random init (frozen)"
+    assert method_label("scratch", "full") == "scratch"
+    assert method_label("simclr", "frozen") == "simclr"
