@@ -99,3 +99,19 @@ def write_tiny_store(path, shape, n=16, seed=0):
 def make_tiny_store():
     """:func:`write_tiny_store`, for tests that need a small labelled store."""
     return write_tiny_store
+
+
+@pytest.fixture(scope="session")
+def lesion3d(tmp_path_factory):
+    """A frozen-mode model bundle trained on a 3D NIfTI "lesion" cohort (tests/_lesion.py)."""
+    from _lesion import build_3d
+
+    return build_3d(tmp_path_factory.mktemp("lesion3d"))
+
+
+@pytest.fixture(scope="session")
+def lesion2d(tmp_path_factory):
+    """A fully finetuned model bundle that detects a bright blob in 32 x 32 PNG slices."""
+    from _lesion import build_2d
+
+    return build_2d(tmp_path_factory.mktemp("lesion2d"))

@@ -91,7 +91,7 @@ class _Part:
 
 
 def too_large(max_bytes: int) -> str:
-    return (f"upload larger than the server's limit of {max_bytes / 2**20:g} MiB; send a "
+    return (f"upload larger than the server's limit of {max_bytes / 2**20:.3g} MiB; send a "
             f"smaller file or restart the server with a larger --max-upload-mb")
 
 
