@@ -168,9 +168,11 @@ def pr_curves(y_true, proba, class_names: list[str]) -> dict[str, tuple]:
     if per_class:
         interp = []
         for recall, precision, _ in per_class:
-            best = np.maximum.accumulate(precision[::-1])[::-1]  # max precision at recall >= r
-            order = np.argsort(recall, kind="stable")
-            interp.append(np.interp(_RECALL_GRID, recall[order], best[order]))
+            # scikit-learn lists recall decreasing (from 1): the points with recall >= r are
+            # a prefix, so a running maximum is the interpolated precision
+            best = np.maximum.accumulate(precision)
+            first = np.searchsorted(recall[::-1], _RECALL_GRID, side="left")
+            interp.append(best[::-1][first])
         out["macro"] = (_RECALL_GRID, np.mean(interp, axis=0),
                         float(np.mean([ap for _, _, ap in per_class])))
     return out

@@ -83,6 +83,15 @@ def test_precision_recall_and_micro_averages_match_scikit_learn():
         roc_auc_score(onehot, proba, average="micro"))
     recall, precision, _ = curves["macro"]
     assert np.all(np.diff(precision) <= 1e-12)  # interpolated precision never rises
+    from sklearn.metrics import precision_recall_curve
+
+    for r in (0.25, 0.5, 0.9):  # a plain restatement: mean over classes of max precision
+        want = []                # among the points whose recall is at least r
+        for k in range(3):
+            prec, rec, _ = precision_recall_curve(y == k, proba[:, k])
+            want.append(max(p for p, q in zip(prec, rec) if q >= r))
+        assert precision[np.searchsorted(recall, r)] == pytest.approx(np.mean(want))
+    assert precision[-1] < 0.95  # not the trivial curve at 1
     yb = (y == 1).astype(int)
     pb = np.c_[1 - proba[:, 1], proba[:, 1]]
     (binary,) = pr_curves(yb, pb, ["no", "yes"]).values()
