@@ -18,7 +18,7 @@ SHAPE = (20, 20, 20)
 SPACING = 2.0
 ORIGIN = (-19.0, -21.0, -17.0)
 BACKBONE = {"name": "resnet10", "widen_factor": 0.125, "stem_kernel": 3, "stem_stride": 1,
-            "max_pool": False}
+            "max_pool": False, "norm": "group"}
 
 
 def affine(spacing: float = SPACING) -> np.ndarray:

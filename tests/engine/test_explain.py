@@ -30,16 +30,19 @@ def test_nifti_heatmap_is_in_the_input_files_space(lesion3d, tmp_path):
     src = tmp_path / "in" / "scan.nii.gz"
     src.parent.mkdir()
     nib.save(nib.Nifti1Image(data, affine), src)
+    bundle = load_bundle(lesion3d.bundle)
+    scan = load_scan(Input("nifti", src, "scan"), bundle)
+    explainer = CamExplainer(bundle)
+    # a class with a non-zero map (Grad-CAM keeps the positive part; a map can be all zero)
+    cls, heat = next((c, h) for c in bundle.classes
+                     for _, _, h in [explain_scan(explainer, scan, c)] if h.max() > 0)
     out = tmp_path / "cam"
-    result = invoke("explain", lesion3d.bundle, src, "--out", out)
+    result = invoke("explain", lesion3d.bundle, src, "--out", out, "--class", cls)
     assert result.exit_code == 0, result.output
     heat_img = nib.load(out / "scan_heatmap.nii.gz")
     assert heat_img.shape == data.shape == (39, 39, 39)
     assert np.array_equal(heat_img.affine, nib.load(src).affine)
     assert Image.open(out / "scan.png").size[0] > 500  # three orthogonal slices
-    bundle = load_bundle(lesion3d.bundle)
-    scan = load_scan(Input("nifti", src, "scan"), bundle)
-    _, _, heat = explain_scan(CamExplainer(bundle), scan)
     # preprocessed voxel (i, j, k) is input voxel (38 - 2i, 38 - 2j, 2k): LPS, 1 mm
     on_grid = heat_img.get_fdata()[::-2, ::-2, ::2]
     assert heat.max() == pytest.approx(1.0) and np.abs(on_grid - heat).max() < 1e-4
