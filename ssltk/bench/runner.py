@@ -19,9 +19,9 @@ import torch
 from ssltk.bench.grid import Cell, Grid, PretrainJob
 from ssltk.bench.models import model_dir, model_info, select_best
 from ssltk.bench.results import append_result, finished_cells
+from ssltk.bench.stats import Budget
 from ssltk.config import BenchmarkConfig, load_config
 from ssltk.engine import finetune, pretrain
-from ssltk.bench.stats import Budget
 from ssltk.engine.checkpoint import package_versions
 from ssltk.engine.finetuning import best_val_score
 from ssltk.engine.runtime import resolve_device

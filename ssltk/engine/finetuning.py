@@ -168,11 +168,11 @@ def embed_rows(backbone: Backbone, reader: BatchReader, rows, ctx: runtime.Conte
 def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
            ctx: runtime.Context) -> tuple[FinetuneResult, dict]:
     """The result, and the chosen probe as plain arrays (for a bundle)."""
-    from ssltk.engine.bundle import probe_arrays
-
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from ssltk.engine.bundle import probe_arrays
 
     emb = {name: embed_rows(backbone, reader, rows, ctx, run.batch_size, run.precision)
            for name, rows in (("train", run.train_rows), ("val", run.val_rows),
