@@ -8,7 +8,6 @@ DataLoader workers, forked or spawned.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,30 +20,11 @@ import numpy as np
 
 from ssltk.errors import did_you_mean
 from ssltk.store import schema
+from ssltk.store._h5 import _open_h5, decode_attrs
 from ssltk.store.schema import ColumnSpec, StoreError
 
 
-def decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
-    """Root attributes as plain Python values (JSON strings parsed, arrays as tuples)."""
-    out: dict[str, Any] = {}
-    for key in attrs:
-        value = attrs[key]
-        if isinstance(value, (bytes, np.bytes_, str)):
-            value = schema.get_str_attr(attrs, key)
-            if key in ("preprocessing", "columns"):
-                value = json.loads(value)
-        elif isinstance(value, np.ndarray):
-            value = tuple(value.tolist())
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    out.setdefault("spacing", None)
-    return out
-
-
 def _open_read(path: Path) -> h5py.File:
-    from ssltk.store.writer import _open_h5
-
     return _open_h5(path, "r")
 
 

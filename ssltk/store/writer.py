@@ -28,22 +28,10 @@ import numpy as np
 
 from ssltk import __version__
 from ssltk.store import schema
+from ssltk.store._h5 import _open_h5, decode_attrs
 from ssltk.store.schema import ColumnSpec, StoreError
 
 log = logging.getLogger(__name__)
-
-
-def _open_h5(path: Path, mode: str, **kwargs: Any) -> h5py.File:
-    try:
-        return h5py.File(path, mode, locking="best-effort", **kwargs)
-    except (OSError, BlockingIOError) as exc:
-        if "already open" in str(exc):
-            raise StoreError(f"{path} is already open in this process ({exc}); close the "
-                             f"other VolumeStore/StoreWriter on it first") from None
-        if "lock" in str(exc).lower():
-            raise StoreError(f"{path} is open in another process (file locked); a store has a "
-                             f"single writer: wait for it to finish or stop it") from None
-        raise StoreError(f"cannot open {path} as HDF5 ({exc}); is it an ssltk store?") from None
 
 
 def _create_layout(f: h5py.File, shape: tuple[int, ...], columns: dict[str, ColumnSpec],
@@ -190,8 +178,6 @@ class StoreWriter:
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes, decoded (see :attr:`VolumeStore.attrs`)."""
-        from ssltk.store.reader import decode_attrs
-
         return decode_attrs(self._h5.attrs)
 
     @property

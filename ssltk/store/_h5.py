@@ -1,0 +1,44 @@
+"""HDF5 access shared by the store's reader and writer: opening a file, decoding its attributes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ssltk.store import schema
+from ssltk.store.schema import StoreError
+
+
+def _open_h5(path: Path, mode: str, **kwargs: Any) -> h5py.File:
+    try:
+        return h5py.File(path, mode, locking="best-effort", **kwargs)
+    except (OSError, BlockingIOError) as exc:
+        if "already open" in str(exc):
+            raise StoreError(f"{path} is already open in this process ({exc}); close the "
+                             f"other VolumeStore/StoreWriter on it first") from None
+        if "lock" in str(exc).lower():
+            raise StoreError(f"{path} is open in another process (file locked); a store has a "
+                             f"single writer: wait for it to finish or stop it") from None
+        raise StoreError(f"cannot open {path} as HDF5 ({exc}); is it an ssltk store?") from None
+
+
+def decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    """Root attributes as plain Python values (JSON strings parsed, arrays as tuples)."""
+    out: dict[str, Any] = {}
+    for key in attrs:
+        value = attrs[key]
+        if isinstance(value, (bytes, np.bytes_, str)):
+            value = schema.get_str_attr(attrs, key)
+            if key in ("preprocessing", "columns"):
+                value = json.loads(value)
+        elif isinstance(value, np.ndarray):
+            value = tuple(value.tolist())
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    out.setdefault("spacing", None)
+    return out
