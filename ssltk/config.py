@@ -8,38 +8,47 @@ the offending field, e.g. ``pretrain.objectives[1].temperature: Input should be 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from ssltk.engine.optim import OptimConfig
+from ssltk.budgets import Budget
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry, format_validation_error
+from ssltk.specs import ComponentSpec, ObjectiveSpec, StrictModel, content_hash
+
+__all__ = [
+    "BenchmarkConfig", "ComponentSpec", "DataConfig", "FinetuneConfig", "FinetuneSettings",
+    "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings", "StrictModel",
+    "SynthSpec", "TargetSettings", "check_components", "content_hash", "json_schema",
+    "load_config",
+]
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISION_HELP = "auto: bf16 autocast on CUDA, fp32 on CPU."
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OptimConfig(StrictModel):
+    """Optimiser and schedule of a training run, the ``[pretrain.optimizer]`` table.
 
+    Built by :func:`ssltk.engine.optim.build_optimizer`.
+    """
 
-class ComponentSpec(BaseModel):
-    """A component by registry name plus its parameters: ``{name = "resnet18", out_dim = 512}``."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-
-    def params(self) -> dict[str, Any]:
-        """The parameters, i.e. every key but ``name``."""
-        return dict(self.model_extra or {})
-
-
-class ObjectiveSpec(ComponentSpec):
-    """An objective, optionally with an anchor: ``{name = "yaware", anchor = {name = "rbf", ...}}``."""
-
-    anchor: ComponentSpec | None = None
+    name: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (after warmup).")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd and lars only.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adamw only.")
+    warmup_epochs: float = Field(default=0, ge=0, description="Linear warmup length.")
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1,
+                                description="Final lr of the cosine decay, as a fraction of lr.")
+    grad_clip: float | None = Field(default=None, gt=0,
+                                    description="Max global gradient norm (None: no clipping).")
+    lars_eta: float = Field(default=0.001, gt=0, description="LARS trust coefficient.")
+    exclude_bias_and_norm: bool = Field(
+        default=True, description="No weight decay nor LARS adaptation for biases and norms.")
 
 
 class SynthSpec(StrictModel):
@@ -50,19 +59,37 @@ class SynthSpec(StrictModel):
     seed: int = 0
 
 
-class DataConfig(StrictModel):
-    pretrain_store: Path | list[Path] = Field(
-        description="HDF5 store(s) of unlabelled volumes to pretrain on (a list is a grid axis).")
-    finetune_store: Path = Field(description="HDF5 store of the labelled cohort.")
+class TargetSettings(StrictModel):
+    """What to predict: shared by the TOML's ``[data]`` table and the engine's FinetuneRun."""
+
     target: str = Field(description="Metadata column to predict when finetuning.")
     task: Literal["classification", "regression"] = "classification"
     classes: list[str] | None = Field(
         default=None, description="Classes of `target` to keep (classification), e.g. ['CN', 'AD'].")
+
+
+class DataConfig(TargetSettings):
+    pretrain_store: Path | list[Path] = Field(
+        description="HDF5 store(s) of unlabelled volumes to pretrain on (a list is a grid axis).")
+    finetune_store: Path = Field(description="HDF5 store of the labelled cohort.")
     synth: dict[Literal["pretrain", "finetune"], SynthSpec] = Field(
         default_factory=dict, description="Build these stores with `ssltk synth` when missing.")
     ingest_hints: dict[Literal["pretrain", "finetune"], str] = Field(
         default_factory=dict, description="The command that builds a missing store, shown in "
                                           "the error (e.g. an `ssltk ingest nifti ...` line).")
+
+    def pretrain_stores(self) -> list[Path]:
+        """``pretrain_store`` as a list (one store, or the grid axis)."""
+        stores = self.pretrain_store
+        return list(stores) if isinstance(stores, list) else [stores]
+
+    def stores(self) -> list[tuple[str, str, Path]]:
+        """(role, TOML field, path) of every store the benchmark reads, pretraining first."""
+        pre = self.pretrain_stores()
+        fields = ([f"data.pretrain_store[{i}]" for i in range(len(pre))]
+                  if isinstance(self.pretrain_store, list) else ["data.pretrain_store"])
+        return ([("pretrain", f, p) for f, p in zip(fields, pre)]
+                + [("finetune", "data.finetune_store", self.finetune_store)])
 
 
 class PretrainSettings(StrictModel):
@@ -71,13 +98,8 @@ class PretrainSettings(StrictModel):
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
     channels_last: bool = False
-
-    def settings(self) -> dict[str, Any]:
-        """Just the PretrainSettings fields, e.g. to build a PretrainRun from a config."""
-        return {k: getattr(self, k) for k in PretrainSettings.model_fields}
 
 
 class PretrainConfig(PretrainSettings):
@@ -89,7 +111,23 @@ class PretrainConfig(PretrainSettings):
         default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
 
 
-class FinetuneConfig(StrictModel):
+class FinetuneSettings(StrictModel):
+    """How to finetune: shared by the TOML's ``[finetune]`` table and the engine's FinetuneRun."""
+
+    epochs: int = Field(default=20, ge=1, description="Full finetuning only.")
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0, description="Head lr (full finetuning).")
+    encoder_lr_ratio: float = Field(default=0.1, gt=0, description="Encoder lr = lr * this.")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay (full "
+                                                                 "finetuning).")
+    patience: int = Field(default=5, ge=1, description="Early-stopping epochs (full finetuning).")
+    class_weighting: bool = False
+    augmentations: list[ComponentSpec] = Field(
+        default_factory=list, description="Applied to training batches in full finetuning.")
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
+
+
+class FinetuneConfig(FinetuneSettings):
     modes: list[Literal["frozen", "full"]] = Field(default_factory=lambda: ["frozen"], min_length=1)
     label_fractions: list[float] = Field(
         default_factory=list, description="Fractions of the training pool (stratified).")
@@ -101,14 +139,6 @@ class FinetuneConfig(StrictModel):
     val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Of the labelled pool.")
     test_fraction: float = Field(default=0.3, gt=0, lt=0.8, description="Of the labelled pool.")
     stratify_site: str | None = Field(default=None, description="Also stratify splits by this column.")
-    epochs: int = Field(default=20, ge=1, description="Full finetuning only.")
-    batch_size: int = Field(default=16, ge=1)
-    lr: float = Field(default=1e-3, gt=0, description="Head lr (full finetuning).")
-    encoder_lr_ratio: float = Field(default=0.1, gt=0, description="Encoder lr = lr * this.")
-    patience: int = Field(default=5, ge=1)
-    class_weighting: bool = False
-    augmentations: list[ComponentSpec] = Field(
-        default_factory=list, description="Applied to training batches in full finetuning.")
     save_models: Literal["none", "best", "all"] = Field(
         default="none", description="Save model bundles under RUN_DIR/models: 'best' keeps, per "
                                     "method and mode, the cell with the best validation score at "
@@ -122,6 +152,14 @@ class FinetuneConfig(StrictModel):
             if not 0 < f <= 1:
                 raise ValueError(f"label_fractions must be in (0, 1], got {f}")
         return self
+
+    def budgets(self) -> list[Budget]:
+        """Every label budget of the grid, in TOML order, each naming its field."""
+        axes = (("n_per_class", "n_per_class", self.n_per_class),
+                ("n_total", "n_total", self.n_total),
+                ("fraction", "label_fractions", self.label_fractions))
+        return [Budget(kind, value, source=f"finetune.{key}[{i}]")
+                for kind, key, values in axes for i, value in enumerate(values)]
 
 
 class ReportConfig(StrictModel):
@@ -155,47 +193,20 @@ class BenchmarkConfig(StrictModel):
                              "\"best\" (or \"all\")")
         return self
 
-    def content_hash(self) -> str:
-        """sha256 of the canonical JSON of the resolved config (stable across key order)."""
-        return content_hash(self)
-
-
-def content_hash(model: BaseModel) -> str:
-    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter)."""
-    text = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def check_component(registry: Registry, kind: str, spec: ComponentSpec, path: str) -> BaseModel:
-    """Validate one component spec found at ``path``; return its validated Config."""
-    try:
-        registry.get(kind, spec.name)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}.name: {exc}") from None
-    config = registry.config(kind, spec.name, spec.params(), path)
-    if kind == "objectives":
-        registry.get(kind, spec.name).check_nested(config, registry, path)
-    return config
-
 
 def check_components(config: BenchmarkConfig, registry: Registry) -> None:
     """Validate every component's name and parameters against the installed plugins."""
-    check_component(registry, "backbones", config.backbone, "backbone")
-    for i, spec in enumerate(config.pretrain.augmentations or []):
-        check_component(registry, "augmentations", spec, f"pretrain.augmentations[{i}]")
-    for label, specs in (config.pretrain.augmentation_sets or {}).items():
-        for i, spec in enumerate(specs):
-            check_component(registry, "augmentations", spec,
-                            f"pretrain.augmentation_sets.{label}[{i}]")
-    for i, spec in enumerate(config.finetune.augmentations):
-        check_component(registry, "augmentations", spec, f"finetune.augmentations[{i}]")
-    for i, spec in enumerate(config.pretrain.objectives):
-        path = f"pretrain.objectives[{i}]"
-        check_component(registry, "objectives", spec, path)
-        if spec.anchor is not None:
-            if not registry.get("objectives", spec.name).uses_anchor:
-                raise ConfigError(f"{path}.anchor: objective '{spec.name}' takes no anchor; remove it")
-            check_component(registry, "anchors", spec.anchor, f"{path}.anchor")
+    specs: list[tuple[str, str, ComponentSpec]] = [("backbones", "backbone", config.backbone)]
+    pipelines = {"pretrain.augmentations": config.pretrain.augmentations or []}
+    pipelines |= {f"pretrain.augmentation_sets.{label}": augs
+                  for label, augs in (config.pretrain.augmentation_sets or {}).items()}
+    pipelines["finetune.augmentations"] = config.finetune.augmentations
+    specs += [("augmentations", f"{path}[{i}]", spec)
+              for path, augs in pipelines.items() for i, spec in enumerate(augs)]
+    specs += [("objectives", f"pretrain.objectives[{i}]", spec)
+              for i, spec in enumerate(config.pretrain.objectives)]
+    for kind, path, spec in specs:
+        registry.validate(kind, spec, path)
 
 
 def load_config(path: str | Path, registry: Registry | None = None) -> BenchmarkConfig:

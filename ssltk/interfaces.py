@@ -23,6 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from ssltk.resample import resample
+
 
 class ComponentConfig(BaseModel):
     """Base of every component's ``Config``: unknown keys are errors, never ignored."""
@@ -91,7 +93,7 @@ class Augmentation(ABC):
 class SpatialAugmentation(Augmentation):
     """An augmentation that is an affine resampling of space (crop, flip, affine...).
 
-    It only draws matrices; :func:`ssltk.augment.resample` applies them. Because matrices
+    It only draws matrices; :func:`ssltk.resample.resample` applies them. Because matrices
     compose, :class:`ssltk.augment.Pipeline` fuses consecutive spatial augmentations into one
     resampling (one interpolation instead of one per op).
 
@@ -106,8 +108,6 @@ class SpatialAugmentation(Augmentation):
         """Draw one matrix per sample: ``(B, D+1, D+1)`` float64 on CPU, identity if not applied."""
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        from ssltk.augment import resample  # lazy: ssltk.augment imports this module
-
         return resample(x, self.sample_matrices(x.shape, generator))
 
 

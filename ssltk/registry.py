@@ -3,7 +3,14 @@
 >>> registry = get_registry()
 >>> registry.names("backbones", "resnet*")
 ['resnet10', 'resnet18', 'resnet34', 'resnet50']
->>> net = registry.create("backbones", "resnet18", {"out_dim": 128}, in_channels=1, spatial_dims=3)
+>>> net = registry.build("backbones", {"name": "resnet18", "out_dim": 128}, "backbone",
+...                      in_channels=1, spatial_dims=3)
+
+:meth:`Registry.build` is the one way from a spec (a TOML table, a dict or a
+:class:`~ssltk.specs.ComponentSpec`) to a component: the engine, the augmentation pipeline and
+plugins that build other components (multitask, Genesis, y-Aware) all go through it, so every
+error names its TOML path the same way. :meth:`Registry.validate` is its checking half, which
+``ssltk validate`` runs before anything is built.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from ssltk.errors import ConfigError, PluginError, did_you_mean
 from ssltk.interfaces import KINDS
 from ssltk.plugins import PluginInfo, get_plugin_manager, load_plugins, one_line
+from ssltk.specs import ComponentSpec, ObjectiveSpec
 
 
 def singular(kind: str) -> str:
@@ -81,6 +89,12 @@ class Registry:
     def __init__(self, plugins: list[PluginInfo] | None = None):
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.plugins: list[PluginInfo] = plugins or []
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """Names of the plugins this registry left out: what a worker process must leave out too
+        (``get_registry(disabled=registry.disabled)``)."""
+        return frozenset(p.name for p in self.plugins if p.status == "disabled")
 
     # -- building --------------------------------------------------------------------------
     @classmethod
@@ -157,10 +171,6 @@ class Registry:
             raise ConfigError(f"unknown {singular(kind)} '{name}'.{hint} Available: {available}")
         return entries[name].cls
 
-    def plugin_of(self, kind: str, name: str) -> str:
-        self.get(kind, name)
-        return self._entries[kind][name].plugin
-
     def config(self, kind: str, name: str, params: Mapping[str, Any] | None = None,
                path: str = "") -> BaseModel:
         """Validate ``params`` against the component's ``Config``; errors name ``path.field``."""
@@ -170,12 +180,59 @@ class Registry:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, path, klass.Config)) from None
 
-    def create(self, kind: str, name: str, params: Mapping[str, Any] | BaseModel | None = None,
+    def plugin_of(self, kind: str, name: str) -> str:
+        self.get(kind, name)
+        return self._entries[kind][name].plugin
+
+    def validate(self, kind: str, spec: Mapping[str, Any] | ComponentSpec,
+                 path: str = "") -> BaseModel:
+        """Check a spec found at TOML ``path`` without building it; return its validated Config.
+
+        Checks the name, the parameters, an objective's nested components
+        (:meth:`~ssltk.interfaces.Objective.check_nested`) and its anchor.
+
+        Raises:
+            ConfigError: ``{path}.name: unknown ...``, ``{path}.field: ...`` and so on.
+        """
+        spec = as_spec(kind, spec, path)
+        try:
+            klass = self.get(kind, spec.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}.name: {exc}" if path else str(exc)) from None
+        config = self.config(kind, spec.name, spec.params(), path)
+        if kind == "objectives":
+            klass.check_nested(config, self, path)
+            if spec.anchor is not None:
+                if not klass.uses_anchor:
+                    raise ConfigError(f"{path}.anchor: objective '{spec.name}' takes no anchor; "
+                                      "remove it")
+                self.validate("anchors", spec.anchor, f"{path}.anchor")
+        return config
+
+    def build(self, kind: str, spec: Mapping[str, Any] | ComponentSpec, path: str = "",
+              **context: Any) -> Any:
+        """Validate a spec (see :meth:`validate`) and build the component.
+
+        Args:
+            kind: ``backbones``, ``augmentations``, ``anchors`` or ``objectives``.
+            spec: ``{"name": ..., **params}`` or a :class:`~ssltk.specs.ComponentSpec`; an
+                objective's may carry an ``anchor`` spec, built here and passed to it.
+            path: where the spec sits in the TOML, for error messages.
+            context: the kind's construction context (``in_channels``/``spatial_dims`` for
+                backbones, ``backbone`` for objectives; see :mod:`ssltk.interfaces`).
+        """
+        spec = as_spec(kind, spec, path)
+        config = self.validate(kind, spec, path)
+        if kind == "objectives":
+            anchor = None if spec.anchor is None else \
+                self.build("anchors", spec.anchor, f"{path}.anchor")
+            context = {"anchor": anchor, "registry": self, **context}
+        return self.get(kind, spec.name)(config, **context)
+
+    def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None,
                path: str = "", **context: Any) -> Any:
-        """Build component ``name`` of ``kind`` from ``params`` plus the kind's context."""
-        klass = self.get(kind, name)
-        config = params if isinstance(params, BaseModel) else self.config(kind, name, params, path)
-        return klass(config, **context)
+        """``build(kind, {"name": name, **params}, path, **context)``: a shorthand for code."""
+        return self.build(kind, {**dict(params or {}), "name": name}, path, **context)
 
     def _kind(self, kind: str) -> dict[str, Entry]:
         if kind not in self._entries:
@@ -183,9 +240,30 @@ class Registry:
         return self._entries[kind]
 
 
+def as_spec(kind: str, spec: Mapping[str, Any] | ComponentSpec, path: str = "") -> ComponentSpec:
+    """A spec as a :class:`ComponentSpec` (an :class:`ObjectiveSpec` for objectives).
+
+    Raises:
+        ConfigError: the spec has no ``name`` (``{path}: missing 'name'``).
+    """
+    model = ObjectiveSpec if kind == "objectives" else ComponentSpec
+    if isinstance(spec, model):
+        return spec
+    if isinstance(spec, ComponentSpec):
+        return model(name=spec.name, **spec.params())
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}missing 'name' (e.g. {{name = \"flip\"}})")
+    try:
+        return model.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path, model)) from None
+
+
 def get_registry(disabled: set[str] | None = None,
                  extra: dict[str, object] | None = None) -> Registry:
-    """Discover installed plugins (minus ``disabled``) and return a fresh registry of them."""
+    """Discover installed plugins (minus ``disabled`` and ``SSLTK_DISABLE_PLUGINS``) and return a
+    fresh registry of them."""
     pm = get_plugin_manager()
     infos = load_plugins(pm, disabled=disabled, extra=extra)
     return Registry.from_plugin_manager(pm, infos)

@@ -93,8 +93,6 @@ def write_tiny_store(path, shape, n=16, seed=0):
     return path
 
 
-
-
 @pytest.fixture(scope="session")
 def make_tiny_store():
     """:func:`write_tiny_store`, for tests that need a small labelled store."""
@@ -115,3 +113,55 @@ def lesion2d(tmp_path_factory):
     from _lesion import build_2d
 
     return build_2d(tmp_path_factory.mktemp("lesion2d"))
+
+
+BENCHMARK = {
+    "name": "tiny",
+    "output_dir": "runs",
+    "seeds": [0],
+    "devices": "cpu",
+    "executor": "local",
+    "data": {"target": "diagnosis", "classes": ["CN", "AD"]},
+    "backbone": {"name": "resnet10", "widen_factor": 0.25, "norm": "group"},
+    "pretrain": {"epochs": 1, "batch_size": 8,
+                 "augmentations": [{"name": "flip", "p": 0.5}, {"name": "gaussian_noise", "p": 0.5}],
+                 "objectives": [{"name": "simclr"}]},
+    "finetune": {"modes": ["frozen"], "n_per_class": [2], "val_fraction": 0.25,
+                 "test_fraction": 0.25},
+}
+"""A tiny benchmark: one epoch of a quarter-width ResNet-10, a frozen probe at 2 per class."""
+
+
+def toml_value(value) -> str:
+    """A TOML literal (inline tables and arrays on one line) of a JSON-like value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, os.PathLike)):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_benchmark(path, store, **changes):
+    """:data:`BENCHMARK` on ``store`` with ``changes`` (a table's keys are updated, None drops
+    a key), written to ``path`` as TOML."""
+    doc = {k: dict(v) if isinstance(v, dict) else v for k, v in BENCHMARK.items()}
+    doc["data"] |= {"pretrain_store": store, "finetune_store": store}
+    for key, value in changes.items():
+        doc[key] = doc[key] | value if isinstance(value, dict) else value
+    lines = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for table, content in doc.items():
+        if isinstance(content, dict):
+            lines += ["", f"[{table}]"]
+            lines += [f"{k} = {toml_value(v)}" for k, v in content.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_benchmark():
+    """:func:`write_benchmark`, for tests that run (parts of) a benchmark."""
+    return write_benchmark

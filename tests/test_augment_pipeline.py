@@ -45,7 +45,7 @@ def test_from_specs_dicts_and_component_specs(registry):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"name": "flipp"}, r"^pretrain.augmentations\[1\]: unknown augmentation 'flipp'. Did you mean 'flip'"),
+    ({"name": "flipp"}, r"^pretrain.augmentations\[1\].name: unknown augmentation 'flipp'. Did you mean 'flip'"),
     ({"name": "flip", "p": 2}, r"^pretrain.augmentations\[1\].p: "),
     ({"name": "flip", "axis": [0]}, r"^pretrain.augmentations\[1\].axis: unknown key"),
     ({"p": 0.5}, r"^pretrain.augmentations\[1\]: missing 'name'"),

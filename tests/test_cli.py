@@ -25,6 +25,19 @@ def test_help_and_version():
     assert result.exit_code == 0 and result.output.strip() == f"ssltk {__version__}"
 
 
+def test_every_command_is_one_registered_module_and_documented():
+    from pathlib import Path
+
+    from ssltk.cli import COMMANDS
+
+    package = Path(__file__).parents[1] / "ssltk" / "cli"
+    modules = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+    assert set(COMMANDS.values()) == modules  # one module per command, each registered
+    docs = "\n".join(p.read_text() for p in [package.parents[1] / "README.md",
+                                              *package.parents[1].glob("docs/**/*.md")])
+    assert [n for n in COMMANDS if f"ssltk {n}" not in docs] == []
+
+
 def test_every_command_has_help_text():
     import typer.main
 

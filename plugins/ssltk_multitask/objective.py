@@ -73,30 +73,12 @@ class MultitaskConfig(ComponentConfig):
         return self
 
 
-def split_ssl_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """``{name, anchor?, **params}`` -> ``(name, params, anchor spec or None)``."""
-    params = {k: v for k, v in spec.items() if k not in ("name", "anchor")}
-    return spec["name"], params, spec.get("anchor")
-
-
 def build_ssl(config: MultitaskConfig, backbone: nn.Module, registry: Any,
               path: str = "multitask.ssl") -> Objective:
     """Validate and build the inner objective (and its anchor) named by ``config.ssl``."""
-    name, params, anchor_spec = split_ssl_spec(config.ssl)
-    if name == Multitask.name:
+    if config.ssl["name"] == Multitask.name:
         raise ConfigError(f"{path}.name: multitask cannot wrap itself; name an SSL objective")
-    inner_config = registry.config("objectives", name, params, path=path)
-    anchor = None
-    if anchor_spec is not None:
-        if not registry.get("objectives", name).uses_anchor:
-            raise ConfigError(f"{path}.anchor: objective '{name}' takes no anchor; remove it")
-        anchor_spec = dict(anchor_spec)
-        anchor_name = anchor_spec.pop("name", None)
-        if not isinstance(anchor_name, str):
-            raise ConfigError(f"{path}.anchor.name: give the anchor's name")
-        anchor = registry.create("anchors", anchor_name, anchor_spec, path=f"{path}.anchor")
-    return registry.create("objectives", name, inner_config, backbone=backbone, anchor=anchor,
-                           registry=registry)
+    return registry.build("objectives", config.ssl, path, backbone=backbone)
 
 
 class Multitask(Objective):
@@ -140,9 +122,8 @@ class Multitask(Objective):
 
     @classmethod
     def check_nested(cls, config: MultitaskConfig, registry: Any, path: str) -> None:
-        """Validate the inner objective's name and parameters (for ``ssltk validate``)."""
-        name, params, _ = split_ssl_spec(config.ssl)
-        registry.config("objectives", name, params, path=f"{path}.ssl")
+        """Validate the inner objective and its anchor (for ``ssltk validate``)."""
+        registry.validate("objectives", config.ssl, f"{path}.ssl")
 
     def required_columns(self) -> tuple[str, ...]:
         columns = [t.column for t in self.config.tasks] + list(self.ssl.required_columns())

@@ -43,7 +43,8 @@ def default_anchor(config: YAwareConfig, registry) -> Anchor | None:
     if registry is None:
         return None
     try:
-        return registry.create("anchors", "rbf", {"columns": [config.column], "sigma": config.sigma})
+        return registry.build("anchors", {"name": "rbf", "columns": [config.column],
+                                          "sigma": config.sigma}, "yaware.anchor")
     except ConfigError:  # no anchors plugin installed: fall back to the built-in RBF
         return None
 

@@ -6,27 +6,15 @@ import logging
 import os
 from pathlib import Path
 
-from ssltk.bench.grid import objective_columns
-from ssltk.config import BenchmarkConfig
+from ssltk.config import BenchmarkConfig, SynthSpec
 from ssltk.errors import ConfigError
+from ssltk.registry import Registry
 from ssltk.store import VolumeStore
 
 log = logging.getLogger(__name__)
 
 
-def benchmark_stores(config: BenchmarkConfig) -> list[tuple[str, str, Path]]:
-    """(role, field path, store path) of every store the benchmark reads."""
-    pre = config.data.pretrain_store
-    out = []
-    if isinstance(pre, list):
-        out += [("pretrain", f"data.pretrain_store[{i}]", p) for i, p in enumerate(pre)]
-    else:
-        out.append(("pretrain", "data.pretrain_store", pre))
-    out.append(("finetune", "data.finetune_store", config.data.finetune_store))
-    return out
-
-
-def build_synth(path: Path, spec) -> None:
+def build_synth(path: Path, spec: SynthSpec) -> None:
     """Build a synthetic store atomically (a killed build leaves no half store at ``path``)."""
     from ssltk.store.synth import make_cohort
 
@@ -39,40 +27,63 @@ def build_synth(path: Path, spec) -> None:
     os.replace(tmp, path)
 
 
+def missing_store_hint(config: BenchmarkConfig, role: str) -> str:
+    """How a missing store of ``role`` (pretrain, finetune) gets built."""
+    if config.data.synth.get(role) is not None:
+        return "it is built automatically with `ssltk synth` on the first run"
+    hint = config.data.ingest_hints.get(role)
+    return f"build it with: {hint}" if hint else "build it with `ssltk ingest` or `ssltk synth`"
+
+
 def ensure_store(role: str, field: str, path: Path, config: BenchmarkConfig,
                  build_missing: bool) -> None:
+    """Build a missing synthetic store, or fail naming the command that builds it."""
     if path.exists():
         return
     synth = config.data.synth.get(role)
     if synth is not None and build_missing:
         build_synth(path, synth)
         return
-    hint = config.data.ingest_hints.get(role)
-    how = f"build it with: {hint}" if hint else "build it with `ssltk ingest` or `ssltk synth`"
-    raise ConfigError(f"{field}: store {path} does not exist; {how}")
+    raise ConfigError(f"{field}: store {path} does not exist; {missing_store_hint(config, role)}")
 
 
-def check_columns(config: BenchmarkConfig) -> None:
-    """The target and every anchor column must exist in the stores that need them."""
+def objective_columns(config: BenchmarkConfig, store: VolumeStore,
+                      registry: Registry) -> dict[str, str]:
+    """Metadata column -> TOML path of the objective (or its anchor) that reads it.
+
+    Asks each built objective (:meth:`~ssltk.interfaces.Objective.required_columns`) and its
+    anchor (:attr:`~ssltk.interfaces.Anchor.columns`), so a plugin's own defaults count (y-Aware
+    reads ``age`` without any anchor) and a third-party component needs no special case.
+    """
+    needed: dict[str, str] = {}
+    for i, spec in enumerate(config.pretrain.objectives):
+        path = f"pretrain.objectives[{i}]"
+        backbone = registry.build("backbones", config.backbone, "backbone",
+                                  in_channels=store.shape[0], spatial_dims=store.spatial_dims)
+        objective = registry.build("objectives", spec, path, backbone=backbone)
+        from_anchor = set(objective.anchor.columns) if objective.anchor is not None else set()
+        for col in objective.required_columns():
+            needed.setdefault(col, f"{path}.anchor" if col in from_anchor else path)
+    return needed
+
+
+def check_columns(config: BenchmarkConfig, registry: Registry) -> None:
+    """The target and every column an objective reads must exist in the stores that need them."""
     with VolumeStore.open(config.data.finetune_store) as store:
         if config.data.target not in store.columns:
             raise ConfigError(
                 f"data.target: store {config.data.finetune_store} has no column "
                 f"'{config.data.target}' (it has {', '.join(store.columns)})")
-    for _, field, path in benchmark_stores(config):
-        if field.startswith("data.finetune"):
-            continue
+    for path in config.data.pretrain_stores():
         with VolumeStore.open(path) as store:
-            for i, objective in enumerate(config.pretrain.objectives):
-                for col in objective_columns(objective):
-                    if col not in store.columns:
-                        raise ConfigError(
-                            f"pretrain.objectives[{i}].anchor: store {path} has no column "
-                            f"'{col}' (it has {', '.join(store.columns)})")
+            for col, field in objective_columns(config, store, registry).items():
+                if col not in store.columns:
+                    raise ConfigError(f"{field}: store {path} has no column '{col}' (it has "
+                                      f"{', '.join(store.columns)})")
 
 
-def check_data(config: BenchmarkConfig, build_missing: bool = True) -> None:
+def check_data(config: BenchmarkConfig, registry: Registry, build_missing: bool = True) -> None:
     """Stores present (or built), columns present. Budgets are checked by the grid."""
-    for role, field, path in benchmark_stores(config):
+    for role, field, path in config.data.stores():
         ensure_store(role, field, Path(path), config, build_missing)
-    check_columns(config)
+    check_columns(config, registry)

@@ -5,6 +5,9 @@ every pretraining run (plus the scratch baseline) x finetuning modes x label bud
 repeats (finetuning cells). Each pretraining run and each cell is identified by the content
 hash of what determines its result, so a pretraining checkpoint is shared by all of its cells
 and a finished cell is recognised after a crash.
+
+The cells are enumerated once, by :func:`cell_axes`, which needs no data: :func:`expand` draws
+each cell's split from the labelled cohort, and ``ssltk run --dry-run`` counts the same list.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssltk.bench.stats import SCRATCH, Budget
-from ssltk.config import BenchmarkConfig, ComponentSpec, ObjectiveSpec
-from ssltk.engine import PretrainRun
-from ssltk.engine.finetuning import FinetuneRun
+from ssltk.bench.cohort import Cohort, Split, load_cohort
+from ssltk.bench.stats import SCRATCH
+from ssltk.budgets import Budget
+from ssltk.config import BenchmarkConfig, ComponentSpec
+from ssltk.engine.runs import FinetuneRun, PretrainRun, finetune_run, pretrain_run
+from ssltk.errors import ConfigError
+
 
 @dataclass
 class PretrainJob:
@@ -36,8 +42,9 @@ class PretrainJob:
 
 
 @dataclass
-class Cell:
-    """One finetuning cell: a method (or scratch) x mode x budget x seed x repeat."""
+class CellAxes:
+    """Where a finetuning cell sits in the grid: a method (or scratch) x mode x budget x seed x
+    repeat."""
 
     method: str
     pretrain: PretrainJob | None
@@ -45,6 +52,12 @@ class Cell:
     budget: Budget
     seed: int
     repeat: int
+
+
+@dataclass
+class Cell(CellAxes):
+    """One finetuning cell: its grid position, its run and the hash of its split."""
+
     run: FinetuneRun  # encoder filled in at execution (it is the pretraining's output)
     split_hash: str
 
@@ -70,13 +83,6 @@ class Grid:
         return [SCRATCH] + list(dict.fromkeys(j.method for j in self.pretrain_jobs))
 
 
-def budgets(config: BenchmarkConfig) -> list[Budget]:
-    f = config.finetune
-    return ([Budget("n_per_class", n) for n in f.n_per_class]
-            + [Budget("n_total", n) for n in f.n_total]
-            + [Budget("fraction", x) for x in f.label_fractions])
-
-
 def augmentation_sets(config: BenchmarkConfig) -> dict[str, list[ComponentSpec] | None]:
     """Label -> pipeline (None: the default pipeline)."""
     if config.pretrain.augmentation_sets:
@@ -93,35 +99,73 @@ def method_labels(config: BenchmarkConfig) -> list[str]:
     return labels
 
 
-def pretrain_jobs(config: BenchmarkConfig) -> list[PretrainJob]:
-    """Distinct (objective, pretraining store, augmentation set, seed) combinations."""
-    stores = config.data.pretrain_store
-    stores = stores if isinstance(stores, list) else [stores]
+def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None) -> list[PretrainJob]:
+    """Distinct (objective, pretraining store, augmentation set, seed) combinations.
+
+    Args:
+        seeds: the seeds to enumerate (default: ``config.seeds``).
+    """
+    stores = config.data.pretrain_stores()
     aug_sets = augmentation_sets(config)
-    p = config.pretrain
     jobs = []
     for store in stores:
         for aug_label, augs in aug_sets.items():
-            for label, objective in zip(method_labels(config), p.objectives):
+            for label, objective in zip(method_labels(config), config.pretrain.objectives):
                 method = label
                 if len(aug_sets) > 1:
                     method += f"+{aug_label}"
                 if len(stores) > 1:
                     method += f"@{Path(store).stem}"
-                for seed in config.seeds:
-                    run = PretrainRun(store=store, backbone=config.backbone,
-                                      objective=objective, augmentations=augs, seed=seed,
-                                      **p.settings())
+                for seed in config.seeds if seeds is None else seeds:
+                    run = pretrain_run(config, objective, store=store, augmentations=augs,
+                                       seed=seed)
                     jobs.append(PretrainJob(method, run, aug_label))
     return jobs
 
 
-def objective_columns(objective: ObjectiveSpec) -> list[str]:
-    """Metadata columns an objective's anchor names in the config (checked before running)."""
-    if objective.anchor is None:
-        return []
-    params = objective.anchor.params()
-    cols = list(params.get("columns", [])) + ([params["column"]] if "column" in params else [])
-    for child in params.get("anchors", []):
-        cols += list(child.get("columns", [])) + ([child["column"]] if "column" in child else [])
-    return cols
+def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | None = None,
+             source: str = "objective") -> PretrainJob:
+    """The grid's pretraining of ``objective`` (default: the first) with ``seed`` (default: the
+    first of ``seeds``), on the first store with the first augmentation set.
+
+    Raises:
+        ConfigError: ``objective`` is not in ``pretrain.objectives`` (named as ``source``).
+    """
+    jobs = pretrain_jobs(config, seeds=[config.seeds[0] if seed is None else seed])
+    for job in jobs:
+        if objective is None or job.run.objective.name == objective:
+            return job
+    names = ", ".join(s.name for s in config.pretrain.objectives)
+    raise ConfigError(f"{source} '{objective}' is not in pretrain.objectives ({names})")
+
+
+def cell_axes(config: BenchmarkConfig, jobs: list[PretrainJob]) -> list[CellAxes]:
+    """Every finetuning cell of the grid: (scratch + each seed's jobs) x repeats x budgets x
+    modes, in the order they run."""
+    f = config.finetune
+    out = []
+    for seed in config.seeds:
+        methods = [(SCRATCH, None)] + [(j.method, j) for j in jobs if j.run.seed == seed]
+        for repeat in range(f.repeats):
+            for budget in f.budgets():
+                out += [CellAxes(method, job, mode, budget, seed, repeat)
+                        for method, job in methods for mode in f.modes]
+    return out
+
+
+def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
+    """Every pretraining job and finetuning cell; budgets are checked against the pool.
+
+    Args:
+        cohort: the labelled cohort to split (default: read from ``data.finetune_store``).
+    """
+    cohort = cohort if cohort is not None else load_cohort(config)
+    grid = Grid(config, pretrain_jobs(config))
+    splits: dict[tuple, Split] = {}
+    for axes in cell_axes(config, grid.pretrain_jobs):
+        at = (axes.seed, axes.repeat, axes.budget)
+        if at not in splits:
+            splits[at] = cohort.split(config.finetune, axes.budget, axes.seed, axes.repeat)
+        run = finetune_run(config, splits[at].rows, axes.mode, axes.seed)
+        grid.cells.append(Cell(**vars(axes), run=run, split_hash=splits[at].hash))
+    return grid

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ssltk.bench.stats import Budget
+from ssltk.budgets import Budget
 from ssltk.engine.bundle import MODEL_JSON, read_model_json
 
 log = logging.getLogger(__name__)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssltk.bench.grid import budgets, pretrain_jobs
+from ssltk.bench.checks import missing_store_hint
+from ssltk.bench.grid import cell_axes, pretrain_jobs
 from ssltk.config import BenchmarkConfig
+from ssltk.registry import Registry
 from ssltk.store import VolumeStore
 
 # CPU seconds per megavoxel of one view's forward+backward: SimCLR with a ResNet-18 (stride-2
@@ -28,6 +30,16 @@ class PlanRow:
     est_seconds: float | None
 
 
+@dataclass
+class Plan:
+    """Pretraining runs with cost estimates, the finetuning cells, and the stores to build."""
+
+    rows: list[PlanRow]
+    cells: int
+    budgets: list[str]
+    missing: list[str] = field(default_factory=list)
+
+
 def _store_size(path: Path) -> tuple[int, int] | None:
     """(rows, voxels per volume) of a store, None when it does not exist yet."""
     if not Path(path).exists():
@@ -36,17 +48,18 @@ def _store_size(path: Path) -> tuple[int, int] | None:
         return len(store), math.prod(store.shape)
 
 
-def plan(config: BenchmarkConfig) -> tuple[list[PlanRow], int]:
-    """Pretraining runs with their cost estimates, and the number of finetuning cells."""
-    rows = []
-    sizes: dict[str, tuple[int, int] | None] = {}
-    from ssltk.registry import get_registry
+def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
+    """The grid of ``config`` without running it: nothing is built or read but store headers.
 
-    registry = get_registry()
-    for job in pretrain_jobs(config):
-        key = str(job.run.store)
-        sizes.setdefault(key, _store_size(job.run.store))
-        size = sizes[key]
+    ``cells`` counts :func:`~ssltk.bench.grid.cell_axes`, the list :func:`~ssltk.bench.grid.expand`
+    makes one cell of each entry of (it needs no data, so a dry run works before the stores
+    exist).
+    """
+    jobs = pretrain_jobs(config)
+    sizes = {str(p): _store_size(p) for p in config.data.pretrain_stores()}
+    rows = []
+    for job in jobs:
+        size = sizes[str(job.run.store)]
         steps = passes = est = None
         if size is not None:
             n, voxels = size
@@ -54,9 +67,9 @@ def plan(config: BenchmarkConfig) -> tuple[list[PlanRow], int]:
             views = registry.get("objectives", job.run.objective.name).n_views
             passes = steps * job.run.batch_size * views
             est = passes * voxels / 1e6 * CPU_SECONDS_PER_MEGAVOXEL
-        rows.append(PlanRow(job.method, key, job.augmentations_label, job.run.seed, steps,
-                            passes, est))
-    methods = len({(r.method) for r in rows}) + 1  # + scratch
-    cells = (methods * len(config.seeds) * len(config.finetune.modes) * len(budgets(config))
-             * config.finetune.repeats)
-    return rows, cells
+        rows.append(PlanRow(job.method, str(job.run.store), job.augmentations_label,
+                            job.run.seed, steps, passes, est))
+    missing = [f"{field} = {path}: {missing_store_hint(config, role)}"
+               for role, field, path in config.data.stores() if not Path(path).exists()]
+    budgets = [b.label for b in config.finetune.budgets()]
+    return Plan(rows, len(cell_axes(config, jobs)), budgets, missing)

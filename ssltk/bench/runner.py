@@ -9,39 +9,25 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ssltk.bench.grid import Cell, Grid, PretrainJob
-from ssltk.bench.models import model_dir, model_info, select_best
-from ssltk.bench.results import append_result, finished_cells
-from ssltk.bench.stats import Budget
+from ssltk.bench.checks import check_data
+from ssltk.bench.cluster import run_on_submitit
+from ssltk.bench.grid import Grid, expand
+from ssltk.bench.groups import Group, pending_groups, run_group, run_groups
+from ssltk.bench.models import select_best
 from ssltk.config import BenchmarkConfig, load_config
-from ssltk.engine import finetune, pretrain
-from ssltk.engine.checkpoint import package_versions
-from ssltk.engine.finetuning import best_val_score
 from ssltk.engine.runtime import resolve_device
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry, get_registry
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Group:
-    """A pretraining job (None: scratch) and its pending finetuning cells: one unit of work.
-
-    ``save_models`` and ``largest`` (the grid's largest budget) say which cells save a bundle.
-    """
-
-    job: PretrainJob | None
-    cells: list[Cell]
-    save_models: str = "none"
-    largest: Budget | None = None
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: finished cells so far and the grid's cell count."""
 
 
 def run_dir(config: BenchmarkConfig) -> Path:
@@ -64,93 +50,40 @@ def resolve_devices(config: BenchmarkConfig, override: list[str] | None = None) 
     return list(wanted)
 
 
-def pending_groups(grid: Grid, results_path: Path) -> list[Group]:
-    done = finished_cells(results_path)
-    policy = grid.config.finetune.save_models
-    largest = max((c.budget for c in grid.cells), key=lambda b: b.sort_key, default=None)
-    groups = [Group(None, [c for c in grid.cells_of(None) if c.key not in done], policy, largest)]
-    for job in grid.pretrain_jobs:
-        groups.append(Group(job, [c for c in grid.cells_of(job) if c.key not in done], policy,
-                            largest))
-    return [g for g in groups if g.cells]
-
-
-def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device: str,
-              registry: Registry | None = None) -> None:
-    """Pretrain (or reuse the checkpoint), then finetune and record each pending cell."""
-    registry = registry or get_registry()
-    encoder, pretrain_s = None, 0.0
-    if group.job is not None:
-        t0 = time.perf_counter()
-        result = pretrain(group.job.run, group.job.out_dir(root), registry=registry, device=device)
-        encoder, pretrain_s = result.encoder_path, time.perf_counter() - t0
-    for cell in group.cells:
-        t0 = time.perf_counter()
-        run = cell.run.model_copy(update={"encoder": encoder})
-        save = model_dir(root, cell, group.save_models, group.largest)
-        out = finetune(run, registry=registry, device=device, save_model=save,
-                       model_info=model_info(cell, benchmark, config_hash) if save else None)
-        append_result(root / "results.jsonl",
-                      record(cell, out, benchmark, config_hash, pretrain_s,
-                             time.perf_counter() - t0))
-
-
-def record(cell: Cell, out, benchmark: str, config_hash: str, pretrain_s: float,
-           finetune_s: float) -> dict:
-    """The results.jsonl line of one finished cell (schema in docs/report.md)."""
-    job = cell.pretrain
-    run = cell.run
-    return {
-        "cell": cell.key, "benchmark": benchmark, "config_hash": config_hash,
-        "method": cell.method,
-        "pretrain": None if job is None else {
-            "objective": job.run.objective.name, "hash": job.run.content_hash(),
-            "store": str(job.run.store), "augmentations": job.augmentations_label},
-        "mode": cell.mode, "budget": cell.budget.as_dict(), "budget_label": cell.budget.label,
-        "seed": cell.seed, "repeat": cell.repeat, "split_hash": cell.split_hash,
-        "n_train": len(run.train_rows), "n_val": len(run.val_rows), "n_test": len(run.test_rows),
-        "task": run.task, "classes": out.predictions.get("classes"),
-        "metrics": out.metrics, "val_score": best_val_score(out),
-        "predictions": out.predictions,
-        "timings": {"pretrain_s": pretrain_s, "finetune_s": finetune_s},
-        "versions": package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _device_worker(groups: list[Group], root: Path, benchmark: str, config_hash: str,
-                   device: str) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for group in groups:
-        run_group(group, root, benchmark, config_hash, device)
-
-
-def execute(groups: list[Group], config: BenchmarkConfig, devices: list[str], root: Path,
-            progress) -> None:
-    """Run groups: in this process on one device, else one process per device (spawn)."""
-    config_hash = config.content_hash()
-    if config.executor != "local":
-        from ssltk.bench.cluster import run_on_submitit
-
-        run_on_submitit(groups, config, root, config_hash)
-        return
-    if len(devices) == 1:
-        for group in groups:
-            run_group(group, root, config.name, config_hash, devices[0])
-            progress(group)
-        return
-    import torch.multiprocessing as mp
-
-    # Largest groups first, each to the device with the least work so far.
-    shares: list[list[Group]] = [[] for _ in devices]
-    loads = [0] * len(devices)
+def _shares(groups: list[Group], n: int) -> list[list[Group]]:
+    """Groups per device: pretraining groups first, each to the device with the least work."""
+    shares: list[list[Group]] = [[] for _ in range(n)]
+    loads = [0] * n
     for group in sorted(groups, key=lambda g: g.job is None):
         i = loads.index(min(loads))
         shares[i].append(group)
         loads[i] += 1 if group.job is None else 10
+    return shares
+
+
+def execute(groups: list[Group], config: BenchmarkConfig, devices: list[str], root: Path,
+            registry: Registry, advance: Callable[[int], None] = lambda cells: None) -> None:
+    """Run groups: in this process on one device, else one process per device (spawn) or one
+    cluster job per group. Every process loads the plugins ``registry`` loaded.
+
+    Args:
+        advance: called with the number of cells of each group finished in this process.
+    """
+    config_hash = config.content_hash()
+    if config.executor != "local":
+        run_on_submitit(groups, config, root, config_hash, registry.disabled)
+        return
+    if len(devices) == 1:
+        for group in groups:
+            run_group(group, root, config.name, config_hash, devices[0], registry)
+            advance(len(group.cells))
+        return
+    import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_device_worker, args=(share, root, config.name, config_hash, dev))
-             for share, dev in zip(shares, devices) if share]
+    procs = [ctx.Process(target=run_groups, args=(share, root, config.name, config_hash, dev,
+                                                  registry.disabled))
+             for share, dev in zip(_shares(groups, len(devices)), devices) if share]
     for p in procs:
         p.start()
     for p in procs:
@@ -164,12 +97,10 @@ def prepare(config_path: str | Path, registry: Registry | None = None,
             build_missing: bool = True,
             devices: list[str] | None = None) -> tuple[BenchmarkConfig, Grid]:
     """Validate config, devices, stores and budgets (in that order); build demo stores; expand."""
-    from ssltk.bench.checks import check_data
-    from ssltk.bench.splitting import expand
-
-    config = load_config(config_path, registry or get_registry())
+    registry = registry or get_registry()
+    config = load_config(config_path, registry)
     resolve_devices(config, devices)  # a device that does not exist fails before any work
-    check_data(config, build_missing=build_missing)
+    check_data(config, registry, build_missing=build_missing)
     return config, expand(config)
 
 
@@ -179,14 +110,19 @@ def copy_config(config_path: Path, root: Path) -> None:
 
 
 def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
-                  registry: Registry | None = None, on_start=None, progress=None) -> Path:
+                  registry: Registry | None = None, on_start=None,
+                  progress: Progress | None = None) -> Path:
     """Run (or resume) a benchmark; returns its run directory (results.jsonl, report.md...).
 
     Args:
+        registry: the plugins to use, here and in every worker process (default: all
+            installed minus ``SSLTK_DISABLE_PLUGINS``).
         on_start: called as ``on_start(config, grid, devices, done)`` before running, ``done``
             being the number of cells already finished.
-        progress: called with each finished group (its ``cells``) on single-device runs.
+        progress: called as ``progress(done, total)`` at the start and after each group run
+            in this process (single-device runs).
     """
+    registry = registry or get_registry()
     config, grid = prepare(config_path, registry, devices=devices)
     root = run_dir(config)
     copy_config(Path(config_path), root)
@@ -196,7 +132,15 @@ def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
     log.info("%d cells, %d already done, %d group(s) to run", len(grid.cells), done, len(groups))
     if on_start is not None:
         on_start(config, grid, devices, done)
-    execute(groups, config, devices, root, progress or (lambda g: None))
+    report = progress or (lambda done, total: None)
+    report(done, len(grid.cells))
+
+    def advance(cells: int) -> None:
+        nonlocal done
+        done += cells
+        report(done, len(grid.cells))
+
+    execute(groups, config, devices, root, registry, advance)
     select_best(root)
     if config.report.gradcam:
         from ssltk.bench.gradcam import write_gradcam_panels

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ssltk.data.splits import BUDGET_KINDS
+from ssltk.budgets import Budget
 
 SCRATCH = "scratch"
 """Method label of the baseline trained from scratch (always a row of the grid)."""
@@ -32,39 +32,6 @@ PRIMARY_METRIC = {"classification": "roc_auc", "regression": "mae"}
 SECONDARY_METRIC = {"classification": "balanced_accuracy", "regression": "r2"}
 #: Below this many pairs the Wilcoxon test cannot reach p < 0.05 (two-sided, exact).
 MIN_WILCOXON_PAIRS = 6
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A labelled-data budget: ``kind`` is ``n_per_class``, ``n_total`` or ``fraction``.
-
-    ``label`` ("10/class", "100 total", "10%") is derived from kind and value when not given.
-    """
-
-    kind: str
-    value: float
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.label:
-            object.__setattr__(self, "label", _budget_label(self.kind, self.value))
-
-    @property
-    def sort_key(self) -> tuple:
-        """Budgets sort by kind, then numerically by value (not by label: "100" > "20")."""
-        kind = BUDGET_KINDS.index(self.kind) if self.kind in BUDGET_KINDS else len(BUDGET_KINDS)
-        return kind, self.kind, float(self.value)
-
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "value": self.value}
-
-
-def _budget_label(kind: str, value: float) -> str:
-    if kind == "n_per_class":
-        return f"{int(value)}/class"
-    if kind == "n_total":
-        return f"{int(value)} total"
-    return f"{100 * value:g}%"
 
 
 @dataclass(frozen=True)

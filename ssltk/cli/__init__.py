@@ -1,9 +1,15 @@
-"""The ``ssltk`` command line. One module per command; the work lives in the library."""
+"""The ``ssltk`` command line. One module per command; the work lives in the library.
+
+Every command is a module of this package named in :data:`COMMANDS`, whose ``command`` is the
+typer function (or, for a group such as ``ssltk ingest nifti|images``, a ``typer.Typer``). A
+new command is a new module and one line in that table (see CONTRIBUTING.md).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from importlib import import_module
 from typing import Annotated
 
 import typer
@@ -58,31 +64,33 @@ def _root(
     ctx.obj = {"debug": debug, "disabled": set(disable_plugin or [])}
 
 
+COMMANDS = {
+    "list-plugins": "list_plugins",
+    "validate": "validate",
+    "schema": "schema",
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    "embed": "embed",
+    "export": "export",
+    "run": "run",
+    "report": "report",
+    "ingest": "ingest",
+    "store": "store",
+    "synth": "synth",
+    "predict": "predict",
+    "explain": "explain",
+    "serve": "serve",
+}
+"""Command name -> module of ``ssltk.cli`` that defines it (as ``command``), in help order."""
+
+
 def _register_commands() -> None:
-    from ssltk.cli import list_plugins, schema, validate
-
-    app.command("list-plugins")(list_plugins.command)
-    app.command("validate")(validate.command)
-    app.command("schema")(schema.command)
-    from ssltk.cli import train
-
-    app.command("pretrain")(train.pretrain)
-    app.command("finetune")(train.finetune)
-    app.command("embed")(train.embed)
-    app.command("export")(train.export)
-    from ssltk.cli import report, run
-
-    app.command("run")(run.command)
-    app.command("report")(report.command)
-    from ssltk.cli import ingest, store
-    app.add_typer(ingest.app, name="ingest")
-    app.add_typer(store.app, name="store")
-    from ssltk.cli import synth
-    app.command("synth")(synth.command)
-    from ssltk.cli import explain, predict, serve
-    app.command("predict")(predict.command)
-    app.command("explain")(explain.command)
-    app.command("serve")(serve.command)
+    for name, module in COMMANDS.items():
+        command = import_module(f"ssltk.cli.{module}").command
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(command)
 
 
 _register_commands()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from ssltk.cli._common import console
+from ssltk.cli._common import console, progress_bar
 
 app = typer.Typer(help="Build an HDF5 volume store from NIfTI/BIDS or 2D image folders.",
                   no_args_is_help=True)
@@ -46,16 +44,6 @@ CompressionOpt = Annotated[Compression, typer.Option("--compression", help="Volu
 OnErrorOpt = Annotated[OnError, typer.Option(
     "--on-error", help="abort at the first bad file, or skip it (listed in OUT.skipped.tsv).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT instead of resuming.")]
-
-
-@contextmanager
-def _progress(what: str):
-    out = console()
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=out, transient=True,
-                  disable=not out.is_terminal) as bar:
-        task = bar.add_task(what, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _summary(report) -> None:
@@ -99,7 +87,7 @@ def nifti(
 
     options = NiftiOptions(shape=tuple(shape) if shape else None, spacing=spacing,
                            normalize=normalize.value)
-    with _progress("ingest nifti") as progress:
+    with progress_bar("ingest nifti") as progress:
         report = ingest_nifti(src, out, participants, options, dtype=dtype.value,
                               compression=compression.value, workers=workers,
                               on_error=on_error.value, pattern=pattern, overwrite=overwrite,
@@ -126,8 +114,11 @@ def images(
     """Ingest class-per-folder 2D images (grayscale, resized, [0, 1]); re-running resumes."""
     from ssltk.store.ingest_images import ingest_images
 
-    with _progress("ingest images") as progress:
+    with progress_bar("ingest images") as progress:
         report = ingest_images(src, out, size, dtype=dtype.value, compression=compression.value,
                                on_error=on_error.value, subject_regex=subject_regex,
                                overwrite=overwrite, progress=progress)
     _summary(report)
+
+
+command = app  # registered by ssltk.cli as the `ssltk ingest` group

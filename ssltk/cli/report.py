@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ssltk.bench.report import load_results, summary_table, write_report
-from ssltk.cli._common import console
+from ssltk.cli._common import show_report
 
 
 def command(
@@ -19,8 +18,4 @@ def command(
                          "classification, mae for regression).")] = None,
 ) -> None:
     """Write report.md, results.csv and figures/ into RUN_DIR and print the summary table."""
-    results = load_results(run_dir)
-    path = write_report(run_dir, metric=metric, results=results)
-    out = console()
-    out.print(summary_table(results, metric))
-    out.print(f"[green]report[/] {path}")
+    show_report(run_dir, metric)

@@ -88,3 +88,6 @@ def verify(
         typer.echo(f"{store}: {len(result.problems)} problem(s)", err=True)
         raise typer.Exit(1)
     typer.echo(f"ok {store}: {result.rows} rows verified")
+
+
+command = app  # registered by ssltk.cli as the `ssltk store` group

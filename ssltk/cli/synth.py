@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from ssltk.cli._common import console
+from ssltk.cli._common import console, progress_bar
 from ssltk.cli.ingest import Compression, CompressionOpt, DType, DTypeOpt
 
 
@@ -41,19 +40,14 @@ def command(
     if len(sizes) not in (2, 3):
         raise ConfigError(f"--shape: {' '.join(map(str, sizes))} must be 3 sizes (D H W) or "
                           f"2 (H W), e.g. --shape 32 32 32")
-    out_console = console()
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=out_console, transient=True,
-                  disable=not out_console.is_terminal) as bar:
-        task = bar.add_task("synth", total=None)
+    with progress_bar("synth") as progress:
         path = make_cohort(out, subjects, sizes, seed,
                            sessions_fraction=sessions_fraction, sites=sites, dtype=dtype.value,
                            compression=compression.value, overwrite=overwrite,
-                           progress=lambda done, total: bar.update(task, completed=done,
-                                                                   total=total))
+                           progress=progress)
     from ssltk.store import VolumeStore
 
     rows = len(VolumeStore.open(path))
-    out_console.print(f"[green]ok[/] {path}: {rows} scans of {subjects} subjects, shape "
+    console().print(f"[green]ok[/] {path}: {rows} scans of {subjects} subjects, shape "
                       f"{' x '.join(map(str, sizes))}, seed {seed}", highlight=False,
                       soft_wrap=True)

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ssltk.budgets import BUDGET_KINDS
 from ssltk.errors import ConfigError
-
-BUDGET_KINDS = ("n_per_class", "n_total", "fraction")
 
 
 def first_rows(subject_ids: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:

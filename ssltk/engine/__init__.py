@@ -3,13 +3,15 @@
 Every stage is a plain function, usable from a notebook as from the CLI:
 
 >>> from ssltk.engine import PretrainRun, pretrain, FinetuneRun, finetune
+>>> run = finetune_run(config, rows, "frozen", seed=0)   # a run from a benchmark TOML
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "PretrainRun": "pretraining", "PretrainResult": "pretraining", "pretrain": "pretraining",
-    "FinetuneRun": "finetuning", "FinetuneResult": "finetuning", "finetune": "finetuning",
+    "PretrainRun": "runs", "FinetuneRun": "runs", "pretrain_run": "runs", "finetune_run": "runs",
+    "PretrainResult": "pretraining", "pretrain": "pretraining",
+    "FinetuneResult": "finetuning", "finetune": "finetuning",
     "embed_store": "embed", "export_encoder": "embed",
 }
 __all__ = sorted(_EXPORTS)

@@ -192,21 +192,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 
 
 _FIXES = {
-    "config_hash": "the configuration changed since it was written; use another output "
-                   "directory, or delete the checkpoint to restart from scratch",
+    "config_hash": "it was written by another configuration (the configuration changed since); "
+                   "use another output directory, or delete it to restart from scratch",
     "backbone": "use the backbone it was trained with, or delete the checkpoint",
 }
 
 
 def check_compatible(meta: dict[str, Any], expected: dict[str, Any],
-                     source: str = "checkpoint") -> None:
+                     source: str = "checkpoint", fix: str | None = None) -> None:
     """Raise if ``meta`` disagrees with ``expected`` on any key ``expected`` names.
+
+    The one check of a checkpoint or encoder against the run that reads it: pretraining's
+    resume and reuse (``config_hash``), finetuning's encoder (``backbone``).
 
     Args:
         meta: the ``meta`` returned by :func:`load_checkpoint`.
         expected: key -> value the current run needs (``{"backbone": "resnet50",
             "config_hash": "..."}``); a key missing from ``meta`` counts as a mismatch.
         source: how to name the checkpoint in the message (usually its path).
+        fix: the advice that ends the message (default: one per key).
 
     Raises:
         SsltkError: naming the first mismatching key, both values and the fix.
@@ -214,9 +218,10 @@ def check_compatible(meta: dict[str, Any], expected: dict[str, Any],
     for key, want in expected.items():
         have = meta.get(key, "<missing>")
         if have != want:
-            fix = _FIXES.get(key, f"use the same {key}, or delete the checkpoint to restart "
-                                  "from scratch")
-            raise SsltkError(f"{source} has {key} {have!r} but this run expects {want!r}; {fix}")
+            advice = fix or _FIXES.get(key, f"use the same {key}, or delete the checkpoint to "
+                                            "restart from scratch")
+            raise SsltkError(f"{source} has {key} {have!r} but this run expects {want!r}; "
+                             f"{advice}")
 
 
 # -- random number generators ------------------------------------------------------------------

@@ -9,13 +9,12 @@ import h5py
 import numpy as np
 import torch
 
-from ssltk.config import ComponentSpec
 from ssltk.data.loading import BatchReader
 from ssltk.engine import runtime
-from ssltk.engine.checkpoint import load_checkpoint
-from ssltk.engine.finetuning import embed_rows, load_encoder
+from ssltk.engine.finetuning import embed_rows, load_encoder, load_encoder_state
 from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry
+from ssltk.specs import ComponentSpec
 from ssltk.store import VolumeStore
 
 
@@ -55,10 +54,8 @@ def export_encoder(encoder: str | Path, out: str | Path) -> Path:
     The result loads into the matching ``monai.networks.nets`` network (``feed_forward=False``
     for ResNets; ``strict=False`` for DenseNet-121, whose classification layer is not trained).
     """
-    state, meta = load_checkpoint(encoder)
-    if "backbone" not in state:
-        raise SsltkError(f"{encoder} holds no encoder weights; pass the encoder.pt of pretraining")
-    plain = {k.removeprefix("net."): v for k, v in state["backbone"].items() if k.startswith("net.")}
+    state, meta = load_encoder_state(encoder)
+    plain = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     if not plain:
         raise SsltkError(f"{encoder} is not a MONAI-based backbone ({meta.get('backbone')}); "
                          "only ssltk's built-in backbones export to MONAI")

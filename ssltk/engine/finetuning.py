@@ -18,56 +18,29 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from ssltk.augment import Pipeline
-from ssltk.config import ComponentSpec, StrictModel, check_component, content_hash
-from ssltk.engine import runtime
 from ssltk.data.loading import BatchReader, epoch_batches
-from ssltk.engine.checkpoint import load_checkpoint
+from ssltk.engine import runtime
+from ssltk.engine.checkpoint import check_compatible, load_checkpoint
 from ssltk.engine.metrics import classification_metrics, regression_metrics
+from ssltk.engine.runs import FinetuneRun
 from ssltk.engine.targets import Targets, load_targets
 from ssltk.errors import SsltkError
 from ssltk.interfaces import Backbone
 from ssltk.registry import Registry, get_registry
+from ssltk.specs import ComponentSpec
 from ssltk.store import VolumeStore
 
+__all__ = ["FinetuneResult", "FinetuneRun", "embed_rows", "finetune", "load_encoder",
+           "load_encoder_state"]
 log = logging.getLogger(__name__)
 PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
-
-
-class FinetuneRun(StrictModel):
-    """Everything that determines a finetuning result."""
-
-    store: Path
-    target: str
-    task: Literal["classification", "regression"] = "classification"
-    classes: list[str] | None = None
-    backbone: ComponentSpec
-    encoder: Path | None = Field(default=None, description="Pretrained encoder; None = scratch.")
-    mode: Literal["frozen", "full"] = "frozen"
-    train_rows: list[int]
-    val_rows: list[int]
-    test_rows: list[int]
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    encoder_lr_ratio: float = Field(default=0.1, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    patience: int = Field(default=5, ge=1)
-    class_weighting: bool = False
-    augmentations: list[ComponentSpec] = Field(default_factory=list)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
-
-    def content_hash(self) -> str:
-        return content_hash(self)
 
 
 @dataclass
@@ -84,26 +57,30 @@ class FinetuneResult:
 def load_encoder(spec: ComponentSpec, encoder: str | Path | None, in_channels: int,
                  spatial_dims: int, registry: Registry) -> Backbone:
     """Backbone ``spec``, with the weights of ``encoder`` (a pretraining's encoder.pt) if given."""
-    cfg = check_component(registry, "backbones", spec, "backbone")
-    backbone = registry.create("backbones", spec.name, cfg, in_channels=in_channels,
-                               spatial_dims=spatial_dims)
+    backbone = registry.build("backbones", spec, "backbone", in_channels=in_channels,
+                              spatial_dims=spatial_dims)
     if encoder is None:
         return backbone
-    state, meta = load_checkpoint(encoder)
-    if "backbone" not in state:
-        raise SsltkError(f"{encoder} holds no encoder weights; pass the encoder.pt "
-                         "written by pretraining")
-    if meta.get("backbone") not in (None, spec.name):
-        raise SsltkError(f"{encoder} was pretrained with backbone '{meta['backbone']}' but "
-                         f"the config asks for '{spec.name}'; use the same backbone")
+    state, meta = load_encoder_state(encoder)
+    check_compatible(meta, {"backbone": spec.name}, source=str(encoder),
+                     fix="set backbone.name to the backbone it was pretrained with")
     try:
-        backbone.load_state_dict(state["backbone"])
+        backbone.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise SsltkError(f"{encoder} does not fit backbone '{spec.name}' with these "
                          f"parameters ({first}); use the backbone parameters of pretraining") \
             from None
     return backbone
+
+
+def load_encoder_state(encoder: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """``(backbone state_dict, meta)`` of a pretraining's ``encoder.pt``."""
+    state, meta = load_checkpoint(encoder)
+    if "backbone" not in state:
+        raise SsltkError(f"{encoder} holds no encoder weights; pass the encoder.pt "
+                         "written by pretraining")
+    return state["backbone"], meta
 
 
 def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str = "auto",

@@ -1,7 +1,7 @@
 """Optimisers, learning-rate schedule and gradient clipping of the training loops.
 
-* :class:`OptimConfig` – the ``[pretrain.optimizer]`` table: AdamW, SGD or LARS, warmup, cosine
-  decay, gradient clipping.
+* :class:`~ssltk.config.OptimConfig` (defined with the TOML's tables, re-exported here) – the
+  ``[pretrain.optimizer]`` table: AdamW, SGD or LARS, warmup, cosine decay, gradient clipping.
 * :func:`build_optimizer` – the optimiser, with biases and normalisation parameters in a
   separate group free of weight decay (and of LARS adaptation), as SimCLR, BYOL and MoCo v3 do.
 * :class:`LARS` – layer-wise adaptive rate scaling (You et al., 2017, "Large Batch Training of
@@ -14,33 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from ssltk.config import OptimConfig
 from ssltk.errors import SsltkError
 
-
-class OptimConfig(BaseModel):
-    """Optimiser and schedule of a training run (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["adamw", "sgd", "lars"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (after warmup).")
-    weight_decay: float = Field(default=1e-4, ge=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd and lars only.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adamw only.")
-    warmup_epochs: float = Field(default=0, ge=0, description="Linear warmup length.")
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1,
-                                description="Final lr of the cosine decay, as a fraction of lr.")
-    grad_clip: float | None = Field(default=None, gt=0,
-                                    description="Max global gradient norm (None: no clipping).")
-    lars_eta: float = Field(default=0.001, gt=0, description="LARS trust coefficient.")
-    exclude_bias_and_norm: bool = Field(
-        default=True, description="No weight decay nor LARS adaptation for biases and norms.")
+__all__ = ["LARS", "OptimConfig", "WarmupCosine", "build_optimizer", "clip_gradients",
+           "cosine_schedule", "param_groups"]
 
 
 # -- parameter groups --------------------------------------------------------------------------

@@ -20,42 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
 
 from ssltk.augment import DEFAULT_PIPELINE, Pipeline
-from ssltk.config import (
-    ComponentSpec,
-    ObjectiveSpec,
-    PretrainSettings,
-    check_component,
-    content_hash,
-)
-from ssltk.engine import runtime
 from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
 from ssltk.data.prefetch import Prefetcher, load_batch
-from ssltk.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ssltk.engine import runtime
+from ssltk.engine.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
+from ssltk.engine.runs import PretrainRun
 from ssltk.errors import SsltkError
 from ssltk.interfaces import Batch, Objective
 from ssltk.registry import Registry, get_registry
 from ssltk.store import VolumeStore
 
+__all__ = ["NonFiniteLossError", "PretrainResult", "PretrainRun", "build_objective",
+           "make_pipeline", "pretrain"]
 log = logging.getLogger(__name__)
-
-
-class PretrainRun(PretrainSettings):
-    """Everything that determines the weights a pretraining run ends with."""
-
-    store: Path
-    rows: list[int] | None = Field(default=None, description="Store rows to use (all if None).")
-    backbone: ComponentSpec
-    objective: ObjectiveSpec
-    augmentations: list[ComponentSpec] | None = Field(
-        default=None, description="View pipeline; None uses ssltk.augment.DEFAULT_PIPELINE.")
-    seed: int = 0
-
-    def content_hash(self) -> str:
-        return content_hash(self)
 
 
 @dataclass
@@ -73,16 +59,9 @@ class NonFiniteLossError(SsltkError):
 
 def build_objective(run: PretrainRun, store: VolumeStore, registry: Registry) -> Objective:
     """Backbone + anchor + objective from the run's specs, validated with TOML paths."""
-    bb_cfg = check_component(registry, "backbones", run.backbone, "backbone")
-    backbone = registry.create("backbones", run.backbone.name, bb_cfg,
-                               in_channels=store.shape[0], spatial_dims=store.spatial_dims)
-    obj_cfg = check_component(registry, "objectives", run.objective, "objective")
-    anchor = None
-    if run.objective.anchor is not None:
-        anchor_cfg = check_component(registry, "anchors", run.objective.anchor, "objective.anchor")
-        anchor = registry.create("anchors", run.objective.anchor.name, anchor_cfg)
-    return registry.create("objectives", run.objective.name, obj_cfg, backbone=backbone,
-                           anchor=anchor, registry=registry)
+    backbone = registry.build("backbones", run.backbone, "backbone",
+                              in_channels=store.shape[0], spatial_dims=store.spatial_dims)
+    return registry.build("objectives", run.objective, "objective", backbone=backbone)
 
 
 def make_pipeline(run: PretrainRun, registry: Registry) -> Pipeline:
@@ -138,9 +117,7 @@ def _finished(paths: _Paths, config_hash: str) -> PretrainResult | None:
     if not paths.encoder.exists():
         return None
     _, meta = load_checkpoint(paths.encoder)
-    if meta.get("config_hash") != config_hash:
-        raise SsltkError(f"{paths.root} holds a pretraining of another configuration; "
-                         "use another output directory or delete it")
+    check_compatible(meta, {"config_hash": config_hash}, source=str(paths.encoder))
     history = [json.loads(line) for line in paths.history.read_text().splitlines()] \
         if paths.history.exists() else []
     return PretrainResult(paths.encoder, paths.checkpoint, config_hash, history, cached=True)
@@ -200,9 +177,8 @@ class _Trainer:
         if not self.paths.checkpoint.exists():
             return
         state, meta = load_checkpoint(self.paths.checkpoint, map_location=self.ctx.device)
-        if meta.get("config_hash") != self.config_hash:
-            raise SsltkError(f"{self.paths.checkpoint} was written by another configuration; "
-                             "use another output directory or delete it to start over")
+        check_compatible(meta, {"config_hash": self.config_hash},
+                         source=str(self.paths.checkpoint))
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,36 +19,14 @@ from ssltk.cli import app
 
 BENCHMARKS = sorted((Path(__file__).parents[2] / "benchmarks").glob("*.toml"))
 
-TINY = """
-name = "tiny"
-output_dir = "{out}"
-seeds = [0, 1]
-devices = "cpu"
-executor = "{executor}"
-
-[data]
-pretrain_store = "{store}"
-finetune_store = "{store}"
-target = "diagnosis"
-classes = ["CN", "AD"]
-
-[backbone]
-name = "resnet10"
-widen_factor = 0.25
-norm = "group"
-
-[pretrain]
-epochs = 1
-batch_size = 8
-augmentations = [{{name = "flip", p = 0.5}}, {{name = "gaussian_noise", p = 0.5}}]
-objectives = [{{name = "simclr"}}, {{name = "yaware", anchor = {{name = "rbf", columns = ["age"], sigma = 5.0}}}}]
-
-[finetune]
-modes = ["frozen"]
-n_per_class = [2, 4]
-val_fraction = 0.25
-test_fraction = 0.25
-"""
+TINY = {
+    "seeds": [0, 1],
+    "pretrain": {"objectives": [
+        {"name": "simclr"},
+        {"name": "yaware", "anchor": {"name": "rbf", "columns": ["age"], "sigma": 5.0}}]},
+    "finetune": {"n_per_class": [2, 4]},
+}
+"""The tiny benchmark of tests/conftest.py with two objectives, two seeds and two budgets."""
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +34,30 @@ def tiny_store(tmp_path_factory, make_tiny_store):
     return make_tiny_store(tmp_path_factory.mktemp("bench") / "tiny.h5", (1, 16, 16, 16), n=32)
 
 
-def write_config(tmp_path, store, name="tiny.toml", executor="local", **replace) -> Path:
-    text = TINY.format(out=tmp_path / "runs", store=store, executor=executor)
-    for old, new in replace.items():
-        text = text.replace(old, new)
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+@pytest.fixture
+def write_config(make_benchmark, tiny_store):
+    """``write(folder, executor="local", **replace)``: the TINY benchmark in ``folder``, with
+    each ``old`` string of the TOML replaced by ``new``."""
+
+    def write(folder: Path, executor: str = "local", **replace) -> Path:
+        path = make_benchmark(folder / "tiny.toml", tiny_store, output_dir=folder / "runs",
+                              executor=executor, **TINY)
+        text = path.read_text()
+        for old, new in replace.items():
+            assert old in text, old
+            text = text.replace(old, new)
+        path.write_text(text)
+        return path
+
+    return write
 
 
 def metrics_by_cell(root: Path) -> dict[str, dict]:
     return {r["cell"]: r["metrics"] for r in read_results(root / "results.jsonl")}
 
 
-def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, tiny_store):
-    config, grid = prepare(write_config(tmp_path, tiny_store))
+def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, write_config):
+    config, grid = prepare(write_config(tmp_path))
     # 2 objectives x 2 seeds pretraining runs; (2 + scratch) x 2 seeds x 2 budgets cells
     assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 12
     assert len({c.key for c in grid.cells}) == 12
@@ -87,8 +73,8 @@ def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path,
         assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
 
 
-def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path, tiny_store):
-    cfg = write_config(tmp_path, tiny_store)
+def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path, write_config):
+    cfg = write_config(tmp_path)
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "tiny"
@@ -107,20 +93,20 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
 
 KILLABLE = textwrap.dedent("""
     import sys, time
-    from ssltk.bench import runner
-    finetune = runner.finetune
+    from ssltk.bench import groups, runner
+    finetune = groups.finetune
     def slow_finetune(*args, **kw):  # leave the parent time to kill us mid-grid
         out = finetune(*args, **kw)
         time.sleep(0.4)
         return out
-    runner.finetune = slow_finetune
+    groups.finetune = slow_finetune
     runner.run_benchmark(sys.argv[1])
 """)
 
 
-def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_store):
+def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_config):
     (tmp_path / "a").mkdir()
-    killed_cfg = write_config(tmp_path / "a", tiny_store)
+    killed_cfg = write_config(tmp_path / "a")
     results = tmp_path / "a" / "runs" / "tiny" / "results.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(killed_cfg)])
     deadline = time.time() + 180
@@ -138,7 +124,7 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_s
     assert len(after) == 12
     assert all(r["created"] == before[r["cell"]] for r in after if r["cell"] in before)
     (tmp_path / "b").mkdir()
-    reference = run_benchmark(write_config(tmp_path / "b", tiny_store))
+    reference = run_benchmark(write_config(tmp_path / "b"))
     assert metrics_by_cell(results.parent) == metrics_by_cell(reference)
 
 
@@ -147,13 +133,18 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_s
      "pretrain.objectives[0].name: unknown objective 'simclrr'. Did you mean 'simclr'?"),
     ('target = "diagnosis"', 'target = "dx"', "data.target: store"),
     ('columns = ["age"]', 'columns = ["bmi"]', "pretrain.objectives[1].anchor: store"),
+    # columns the objectives report themselves (required_columns), not read from their keys
+    ('anchor = {name = "rbf", columns = ["age"], sigma = 5.0}', 'column = "bmi"',
+     "pretrain.objectives[1]: store"),
+    ('{name = "simclr"}', '{name = "multitask", tasks = [{column = "bmi", kind = "regression"}]}',
+     "pretrain.objectives[0]: store"),
     ("n_per_class = [2, 4]", "n_per_class = [2, 40]",
      "finetune.n_per_class[1]: 40 per class, but class 'CN' has only"),
     ('devices = "cpu"', 'devices = ["cuda:7"]', "devices[0]: device 'cuda:7' does not exist"),
     ('classes = ["CN", "AD"]', 'classes = ["CN", "FTD"]', "class 'FTD' of data.classes"),
 ])
-def test_bad_input_is_one_line_before_anything_runs(tmp_path, tiny_store, old, new, expected):
-    cfg = write_config(tmp_path, tiny_store, **{old: new})
+def test_bad_input_is_one_line_before_anything_runs(tmp_path, write_config, old, new, expected):
+    cfg = write_config(tmp_path, **{old: new})
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
@@ -161,8 +152,8 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, tiny_store, old, n
     assert not (tmp_path / "runs" / "tiny" / "pretrain").exists()
 
 
-def test_missing_store_names_the_command_that_builds_it(tmp_path, tiny_store):
-    cfg = write_config(tmp_path, tiny_store)
+def test_missing_store_names_the_command_that_builds_it(tmp_path, tiny_store, write_config):
+    cfg = write_config(tmp_path)
     text = cfg.read_text().replace(f'pretrain_store = "{tiny_store}"',
                                    'pretrain_store = "nope.h5"')
     cfg.write_text(text.replace("[backbone]", 'ingest_hints.pretrain = "ssltk ingest nifti X '
@@ -182,9 +173,9 @@ def test_dry_run_of_every_shipped_benchmark(path, monkeypatch, tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
-def test_submitit_local_executor(tmp_path, tiny_store):
+def test_submitit_local_executor(tmp_path, write_config):
     pytest.importorskip("submitit")
-    cfg = write_config(tmp_path, tiny_store, executor="submitit_local",
+    cfg = write_config(tmp_path, executor="submitit_local",
                        **{"seeds = [0, 1]": "seeds = [0]", "n_per_class = [2, 4]":
                           "n_per_class = [2]"})
     root = run_benchmark(cfg)

@@ -12,27 +12,15 @@ from typer.testing import CliRunner
 from ssltk.cli import app
 from ssltk.registry import get_registry
 
-CONFIG = """
-name = "cli"
-output_dir = "{out}"
-[data]
-pretrain_store = "{store}"
-finetune_store = "{store}"
-target = "diagnosis"
-classes = ["CN", "AD"]
-[backbone]
-name = "resnet10"
-widen_factor = 0.25
-[pretrain]
-epochs = 1
-batch_size = 4
-augmentations = []
-objectives = [{{name = "{objective}"}}, {{name = "genesis"}}]
-[finetune]
-n_per_class = [3]
-val_fraction = 0.25
-test_fraction = 0.25
-"""
+def write_config(make_benchmark, tmp_path, store, objective="simclr"):
+    """The tiny benchmark of tests/conftest.py: batch norm, batches of 4, no augmentation,
+    ``objective`` and genesis, 3 per class."""
+    return make_benchmark(
+        tmp_path / "cli.toml", store, name="cli", output_dir=tmp_path / "runs",
+        backbone={"norm": None},
+        pretrain={"batch_size": 4, "augmentations": [],
+                  "objectives": [{"name": objective}, {"name": "genesis"}]},
+        finetune={"n_per_class": [3]})
 
 
 def invoke(*args):
@@ -42,10 +30,9 @@ def invoke(*args):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("objective", get_registry().names("objectives"))
 def test_every_objective_pretrains_and_finetunes_through_the_cli(objective, dims, tmp_path,
-                                                                   store2d, store3d):
-    store = store3d if dims == 3 else store2d
-    cfg = tmp_path / "cli.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store, objective=objective))
+                                                                   store2d, store3d,
+                                                                   make_benchmark):
+    cfg = write_config(make_benchmark, tmp_path, store3d if dims == 3 else store2d, objective)
     result = invoke("pretrain", cfg, "--objective", objective, "--out", tmp_path / "pt",
                     "--no-progress")
     assert result.exit_code == 0, result.output
@@ -55,9 +42,8 @@ def test_every_objective_pretrains_and_finetunes_through_the_cli(objective, dims
     assert "roc_auc" in result.output
 
 
-def test_pretrain_finetune_embed_export(tmp_path, store3d):
-    cfg = tmp_path / "cli.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d, objective="simclr"))
+def test_pretrain_finetune_embed_export(tmp_path, store3d, make_benchmark):
+    cfg = write_config(make_benchmark, tmp_path, store3d)
     out = tmp_path / "pt"
     result = invoke("pretrain", cfg, "--objective", "genesis", "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
@@ -87,9 +73,8 @@ def test_pretrain_finetune_embed_export(tmp_path, store3d):
     net.load_state_dict(torch.load(tmp_path / "monai.pt", weights_only=True))
 
 
-def test_cli_errors_are_one_line(tmp_path, store3d):
-    cfg = tmp_path / "cli.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "runs", store=store3d, objective="simclr"))
+def test_cli_errors_are_one_line(tmp_path, store3d, make_benchmark):
+    cfg = write_config(make_benchmark, tmp_path, store3d)
     for args, expected in (
         (("pretrain", cfg, "--objective", "byol"), "--objective 'byol' is not in"),
         (("finetune", cfg, "--n-per-class", 50), "--n-per-class: 50 per class"),

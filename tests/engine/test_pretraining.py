@@ -133,8 +133,8 @@ def test_encoder_of_another_backbone_or_corrupted_is_refused(store3d, tmp_path):
     result = pretrain(make_run(store3d), tmp_path / "pt")
     kw = dict(store=store3d, target="diagnosis", train_rows=list(range(8)),
               val_rows=[8, 9, 10, 11], test_rows=[12, 13, 14, 15])
-    with pytest.raises(SsltkError, match="pretrained with backbone 'resnet10' but the config "
-                                         "asks for 'resnet18'"):
+    with pytest.raises(SsltkError, match="has backbone 'resnet10' but this run expects "
+                                         "'resnet18'; set backbone.name"):
         finetune(FinetuneRun(backbone={"name": "resnet18"}, encoder=result.encoder_path, **kw))
     with pytest.raises(SsltkError, match="does not fit backbone 'resnet10'"):
         finetune(FinetuneRun(backbone={**BACKBONE, "widen_factor": 0.5},

@@ -1,0 +1,93 @@
+"""What determines a result, and the one way a benchmark TOML becomes it.
+
+* :class:`PretrainRun` – everything that determines the weights a pretraining ends with;
+  :class:`FinetuneRun` – everything that determines a finetuning result. Both hash their
+  content (``run.content_hash()``): the identity of a checkpoint and of a grid cell.
+* :func:`pretrain_run` and :func:`finetune_run` build them from a
+  :class:`~ssltk.config.BenchmarkConfig`. The grid (:mod:`ssltk.bench.grid`), the CLI and
+  notebooks all call these two functions, and the runs take their settings from the TOML
+  tables through shared bases (:class:`~ssltk.config.PretrainSettings`,
+  :class:`~ssltk.config.FinetuneSettings`, :class:`~ssltk.config.TargetSettings`), so a new
+  setting reaches every run without a line here and the defaults cannot disagree.
+
+>>> run = finetune_run(config, (train_rows, val_rows, test_rows), "frozen", seed=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ssltk.config import (
+    BenchmarkConfig,
+    FinetuneSettings,
+    PretrainSettings,
+    TargetSettings,
+)
+from ssltk.specs import ComponentSpec, ObjectiveSpec
+
+__all__ = ["FinetuneRun", "PretrainRun", "finetune_run", "pretrain_run"]
+
+
+class PretrainRun(PretrainSettings):
+    """Everything that determines the weights a pretraining run ends with."""
+
+    store: Path
+    rows: list[int] | None = Field(default=None, description="Store rows to use (all if None).")
+    backbone: ComponentSpec
+    objective: ObjectiveSpec
+    augmentations: list[ComponentSpec] | None = Field(
+        default=None, description="View pipeline; None uses ssltk.augment.DEFAULT_PIPELINE.")
+    seed: int = 0
+
+
+class FinetuneRun(FinetuneSettings, TargetSettings):
+    """Everything that determines a finetuning result."""
+
+    store: Path
+    backbone: ComponentSpec
+    encoder: Path | None = Field(default=None, description="Pretrained encoder; None = scratch.")
+    mode: Literal["frozen", "full"] = "frozen"
+    train_rows: list[int]
+    val_rows: list[int]
+    test_rows: list[int]
+    seed: int = 0
+
+
+def pretrain_run(config: BenchmarkConfig, objective: ObjectiveSpec, *, store: str | Path,
+                 augmentations: Sequence[ComponentSpec] | None, seed: int) -> PretrainRun:
+    """The pretraining of ``objective`` on ``store`` with one view pipeline and seed.
+
+    Args:
+        config: the benchmark; gives the backbone and every ``[pretrain]`` setting.
+        objective: one of ``config.pretrain.objectives``.
+        store: one of ``config.data.pretrain_stores()``.
+        augmentations: the view pipeline (None: ``ssltk.augment.DEFAULT_PIPELINE``).
+        seed: the run's seed.
+    """
+    return PretrainRun(store=store, backbone=config.backbone, objective=objective,
+                       augmentations=None if augmentations is None else list(augmentations),
+                       seed=seed, **config.pretrain.fields_of(PretrainSettings))
+
+
+def finetune_run(config: BenchmarkConfig, rows: tuple[Sequence[int], Sequence[int], Sequence[int]],
+                 mode: str, seed: int, encoder: str | Path | None = None) -> FinetuneRun:
+    """The finetuning of one cell: train/val/test ``rows`` of ``config.data.finetune_store``.
+
+    Args:
+        config: the benchmark; gives the store, the target, the backbone and every
+            ``[finetune]`` setting.
+        rows: store rows of the (train, val, test) sides, e.g. ``Split.rows`` of
+            :mod:`ssltk.bench.cohort`.
+        mode: ``frozen`` or ``full``.
+        seed: the cell's seed.
+        encoder: a pretraining's ``encoder.pt`` (None: from scratch).
+    """
+    train, val, test = ([int(r) for r in side] for side in rows)
+    return FinetuneRun(store=config.data.finetune_store, backbone=config.backbone,
+                       encoder=encoder, mode=mode, train_rows=train, val_rows=val,
+                       test_rows=test, seed=seed, **config.data.fields_of(TargetSettings),
+                       **config.finetune.fields_of(FinetuneSettings))
