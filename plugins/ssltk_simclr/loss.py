@@ -6,31 +6,22 @@ Representations", ICML 2020, eq. (1) and Algorithm 1.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssltk.losses import cosine_logits, positive_top1
+
+__all__ = ["nt_xent_logits", "nt_xent_loss", "positive_top1"]
+
 
 def nt_xent_logits(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> tuple[Tensor, Tensor]:
-    """Cosine-similarity logits of the 2N views and the index of each view's positive.
+    """The 2N x 2N logits NT-Xent takes and the index of each view's positive.
 
-    Args:
-        z1: first views' projections ``(N, D)`` (need not be normalised).
-        z2: second views' projections ``(N, D)``; row i of ``z1`` and of ``z2`` are positives.
-        temperature: softmax temperature tau.
-
-    Returns:
-        ``logits (2N, 2N)``: ``cos(z_a, z_b) / tau`` with the self-pairs (diagonal) set to
-        ``-inf``; rows and columns stack ``z1`` then ``z2``.
-        ``targets (2N,)``: column of each row's positive, ``(a + N) mod 2N``.
+    :func:`ssltk.losses.cosine_logits` (shared with y-Aware): ``cos(z_a, z_b) / tau`` over the
+    stacked views ``[z1; z2]`` ``(2N, 2N)`` with self-pairs ``-inf``, and ``targets (2N,)``
+    ``= (a + N) mod 2N``.
     """
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2N, D)
-    logits = z @ z.T / temperature  # (2N, 2N)
-    self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_pairs, float("-inf"))
-    targets = (torch.arange(2 * n, device=z.device) + n) % (2 * n)
-    return logits, targets
+    return cosine_logits(z1, z2, temperature)
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
@@ -53,11 +44,3 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     """
     logits, targets = nt_xent_logits(z1, z2, temperature)
     return F.cross_entropy(logits, targets)
-
-
-def positive_top1(logits: Tensor, targets: Tensor) -> Tensor:
-    """Fraction of rows whose most similar candidate is the positive (``(R, C)``, ``(R,)``).
-
-    A 0-d tensor on the logits' device (reading it as a float would stall a GPU step).
-    """
-    return (logits.argmax(dim=1) == targets).float().mean()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssltk.losses import cosine_logits
+
 Normalization = Literal["published", "per_anchor"]
 
 
@@ -47,16 +49,9 @@ def yaware_weights(kernel: Tensor, normalization: Normalization = "published") -
     raise ValueError(f"normalization must be 'published' or 'per_anchor', got {normalization!r}")
 
 
-def similarity_logits(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
-    """``cos(z_a, z_b) / tau`` over the stacked views ``[z1; z2]`` ``(2N, 2N)``, self-pairs -inf."""
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)  # (2N, D)
-    self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    return (z @ z.T / temperature).masked_fill(self_pairs, float("-inf"))
-
-
 def log_probs(logits: Tensor) -> Tensor:
-    """``log p[a, b]`` ``(2N, 2N)``: row-wise log-softmax of :func:`similarity_logits`.
+    """``log p[a, b]`` ``(2N, 2N)``: row-wise log-softmax of the logits of
+    :func:`ssltk.losses.cosine_logits`.
 
     Self-pairs are excluded from the softmax (their -inf logit); their entry is then set to 0
     (it is always weighted 0) so that ``0 * log p`` stays finite. The other view of the same
@@ -111,5 +106,5 @@ def yaware_loss(
     if kernel is None:
         kernel = rbf_kernel(labels, sigma)
     weights = yaware_weights(kernel.detach().to(z1.dtype), normalization)  # (2N, 2N)
-    log_p = log_probs(similarity_logits(z1, z2, temperature))  # (2N, 2N)
+    log_p = log_probs(cosine_logits(z1, z2, temperature)[0])  # (2N, 2N)
     return weighted_nll(weights, log_p, z1.shape[0])

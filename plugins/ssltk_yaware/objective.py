@@ -13,13 +13,8 @@ from ssltk.distributed import concat_all_gather, gather_with_grad
 from ssltk.errors import ConfigError
 from ssltk.heads import ProjectionHeadConfig, build_projection_head
 from ssltk.interfaces import Anchor, Batch, Objective, ObjectiveOutput
-from ssltk_yaware.loss import (
-    log_probs,
-    rbf_kernel,
-    similarity_logits,
-    weighted_nll,
-    yaware_weights,
-)
+from ssltk.losses import cosine_logits, positive_top1
+from ssltk_yaware.loss import log_probs, rbf_kernel, weighted_nll, yaware_weights
 
 
 class YAwareConfig(ProjectionHeadConfig):
@@ -104,10 +99,9 @@ class YAware(Objective):
             n = g1.shape[0]
             weights = yaware_weights(self.kernel(meta).detach().to(g1.dtype),
                                      self.config.normalization)  # (2N, 2N)
-            logits = similarity_logits(g1, g2, self.config.temperature)  # (2N, 2N)
+            logits, positives = cosine_logits(g1, g2, self.config.temperature)  # (2N, 2N)
             loss = weighted_nll(weights, log_probs(logits), n)
-        positives = (torch.arange(2 * n, device=g1.device) + n) % (2 * n)
-        acc = (logits.detach().argmax(dim=1) == positives).float().mean()
+        acc = positive_top1(logits.detach(), positives)
         embeddings = F.normalize(torch.stack([z1, z2]).float(), dim=-1).detach()  # (2, B, D)
         return ObjectiveOutput(loss=loss, logs={"loss": loss.detach(), "acc": acc},
                                embeddings=embeddings)
