@@ -61,6 +61,17 @@ class Backbone(nn.Module, ABC):
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """``(B, C, *spatial) -> [(B, c_i, *spatial / s_i)]``, high to low resolution."""
 
+    @classmethod
+    def export_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """This backbone's ``state_dict`` as the plain state_dict of the network it wraps.
+
+        What ``ssltk export`` writes, so that a pretrained encoder loads into its framework's
+        own class (MONAI, for the built-in backbones) without ssltk. A classmethod: it maps
+        the saved weights without building the network. None (the default): the backbone wraps
+        no other framework's network, and ``ssltk export`` says so.
+        """
+        return None
+
 
 class AugmentationConfig(ComponentConfig):
     """Every augmentation has ``p``: the probability that a sample is transformed."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Literal
 
 from pydantic import Field
 from torch import Tensor, nn
 
-from ssltk.interfaces import ComponentConfig
+from ssltk.interfaces import Backbone, ComponentConfig
 
 
 class EncoderConfig(ComponentConfig):
@@ -65,3 +66,39 @@ def output_layer(width: int, out_dim: int | None) -> tuple[nn.Module, int]:
 def global_pool(x: Tensor) -> Tensor:
     """``(B, C, *spatial) -> (B, C)`` average over every spatial axis."""
     return x.flatten(2).mean(-1)
+
+
+class MonaiBackbone(Backbone):
+    """Base of the built-in backbones: a MONAI network kept as ``self.net``, globally pooled.
+
+    Keeping the MONAI module whole (rather than re-implementing it) is what lets
+    :meth:`export_state_dict` hand back the MONAI network's own state_dict. A subclass builds the
+    network (:meth:`make_net`) and declares its feature maps (:meth:`feature_maps`).
+    """
+
+    Config = EncoderConfig
+
+    def __init__(self, config: EncoderConfig, in_channels: int = 1, spatial_dims: int = 3):
+        super().__init__()
+        self.config = config
+        self.in_channels, self.spatial_dims = in_channels, spatial_dims
+        self.net = replace_batch_norm(self.make_net(config, in_channels, spatial_dims),
+                                      config.norm)
+        self.feature_channels, self.feature_strides = self.feature_maps(config)
+        self.head, self.out_dim = output_layer(self.feature_channels[-1], config.out_dim)
+
+    @abstractmethod
+    def make_net(self, config: EncoderConfig, in_channels: int, spatial_dims: int) -> nn.Module:
+        """The MONAI network (its norm layers are swapped for ``config.norm`` afterwards)."""
+
+    @abstractmethod
+    def feature_maps(self, config: EncoderConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(feature_channels, feature_strides)`` of :meth:`forward_features`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(global_pool(self.forward_features(x)[-1]))
+
+    @classmethod
+    def export_state_dict(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The MONAI network's own state_dict: the ``net.`` entries, prefix removed."""
+        return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

@@ -10,14 +10,7 @@ from monai.networks.nets import DenseNet121 as MonaiDenseNet121
 from pydantic import Field
 from torch import Tensor, nn
 
-from ssltk.interfaces import Backbone
-from ssltk_backbones._common import (
-    EncoderConfig,
-    global_pool,
-    norm_arg,
-    output_layer,
-    replace_batch_norm,
-)
+from ssltk_backbones._common import EncoderConfig, MonaiBackbone, norm_arg
 
 
 class DenseNetConfig(EncoderConfig):
@@ -26,23 +19,23 @@ class DenseNetConfig(EncoderConfig):
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
-class DenseNet121(Backbone):
+class DenseNet121(MonaiBackbone):
     """DenseNet-121: dense blocks (6, 12, 24, 16); 1024-d representation by default."""
 
     name = "densenet121"
     Config = DenseNetConfig
 
-    def __init__(self, config: DenseNetConfig, in_channels: int = 1, spatial_dims: int = 3):
-        super().__init__()
-        self.config = config
-        self.in_channels, self.spatial_dims = in_channels, spatial_dims
-        self.net = MonaiDenseNet121(
+    def make_net(self, config: DenseNetConfig, in_channels: int,
+                 spatial_dims: int) -> MonaiDenseNet121:
+        net = MonaiDenseNet121(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1,
             init_features=config.init_features, growth_rate=config.growth_rate,
             norm=norm_arg(config.norm), dropout_prob=config.dropout,
         )
-        replace_batch_norm(self.net, config.norm)
-        self.net.class_layers = nn.Identity()  # we pool ourselves; keeps no unused weights
+        net.class_layers = nn.Identity()  # we pool ourselves; keeps no unused weights
+        return net
+
+    def feature_maps(self, config: DenseNetConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
         f, g = config.init_features, config.growth_rate
         channels = [f]
         c = f
@@ -51,9 +44,7 @@ class DenseNet121(Backbone):
             channels.append(c)
             if i < 3:
                 c //= 2
-        self.feature_channels = tuple(channels)
-        self.feature_strides = (2, 4, 8, 16, 32)
-        self.head, self.out_dim = output_layer(channels[-1], config.out_dim)
+        return tuple(channels), (2, 4, 8, 16, 32)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -63,8 +54,5 @@ class DenseNet121(Backbone):
                 feats.append(x)
         feats.append(nn.functional.relu(x))  # after denseblock4 + norm5
         return feats
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(global_pool(self.forward_features(x)[-1]))
 
 

@@ -12,14 +12,7 @@ from monai.networks.nets import ResNet
 from pydantic import Field
 from torch import Tensor
 
-from ssltk.interfaces import Backbone
-from ssltk_backbones._common import (
-    EncoderConfig,
-    global_pool,
-    norm_arg,
-    output_layer,
-    replace_batch_norm,
-)
+from ssltk_backbones._common import EncoderConfig, MonaiBackbone, norm_arg
 
 
 class ResNetConfig(EncoderConfig):
@@ -32,30 +25,26 @@ class ResNetConfig(EncoderConfig):
     max_pool: bool = Field(default=True, description="Max-pool after the stem.")
 
 
-class _MonaiResNet(Backbone):
+class _MonaiResNet(MonaiBackbone):
     block: ClassVar[str]
     layers: ClassVar[list[int]]
     Config = ResNetConfig
 
-    def __init__(self, config: ResNetConfig, in_channels: int = 1, spatial_dims: int = 3):
-        super().__init__()
-        self.config = config
-        self.in_channels, self.spatial_dims = in_channels, spatial_dims
-        self.net = ResNet(
+    def make_net(self, config: ResNetConfig, in_channels: int, spatial_dims: int) -> ResNet:
+        return ResNet(
             block=self.block, layers=self.layers, block_inplanes=[64, 128, 256, 512],
             spatial_dims=spatial_dims, n_input_channels=in_channels,
             conv1_t_size=config.stem_kernel, conv1_t_stride=config.stem_stride,
             no_max_pool=not config.max_pool, widen_factor=config.widen_factor,
             feed_forward=False, norm=norm_arg(config.norm),
         )
-        replace_batch_norm(self.net, config.norm)
+
+    def feature_maps(self, config: ResNetConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
         expansion = 4 if self.block == "bottleneck" else 1
         widths = [int(w * config.widen_factor) for w in (64, 128, 256, 512)]
-        self.feature_channels = (widths[0], *(w * expansion for w in widths))
         s = config.stem_stride
         s1 = s * 2 if config.max_pool else s
-        self.feature_strides = (s, s1, s1 * 2, s1 * 4, s1 * 8)
-        self.head, self.out_dim = output_layer(self.feature_channels[-1], config.out_dim)
+        return (widths[0], *(w * expansion for w in widths)), (s, s1, s1 * 2, s1 * 4, s1 * 8)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         net = self.net
@@ -66,9 +55,6 @@ class _MonaiResNet(Backbone):
             h = layer(h)
             feats.append(h)
         return feats
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(global_pool(self.forward_features(x)[-1]))
 
 
 class ResNet10(_MonaiResNet):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssltk.config import ComponentSpec
+from ssltk.specs import ComponentSpec
 from ssltk.engine.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry
@@ -306,20 +306,24 @@ def load_bundle(path: str | Path, registry: Registry | None = None,
     return Bundle(path, meta, model)
 
 
-def export_bundle(path: str | Path, out: str | Path) -> Path:
-    """Save the bundle's encoder as the matching MONAI network's plain ``state_dict``.
+def export_bundle(path: str | Path, out: str | Path, *, registry: Registry | None = None) -> Path:
+    """Save the bundle's encoder as the plain ``state_dict`` of the network its backbone wraps.
 
-    Same contract as :func:`ssltk.engine.embed.export_encoder`; the linear head is left out (it
-    is ``model.json``'s ``head``: ``weights.pt`` holds it, or the probe's arrays).
+    Same contract as :func:`ssltk.engine.embed.export_encoder` (the backbone's own
+    :meth:`~ssltk.interfaces.Backbone.export_state_dict`); the linear head is left out (it is
+    ``model.json``'s ``head``: ``weights.pt`` holds it, or the probe's arrays).
     """
     path = Path(path)
     meta = read_model_json(path)
     state, _ = load_checkpoint(path / meta.get("weights", WEIGHTS))
-    plain = {k.removeprefix("net."): v for k, v in state["backbone"].items()
-             if k.startswith("net.")}
-    if not plain:
-        raise SsltkError(f"{path} holds a backbone that is not MONAI-based "
-                         f"({meta['backbone'].get('name')}); only ssltk's built-in backbones "
-                         "export to MONAI")
+    name = meta["backbone"].get("name")
+    try:
+        backbone = (registry or get_registry()).get("backbones", str(name))
+    except SsltkError as exc:
+        raise SsltkError(f"{path} holds backbone '{name}': {exc}") from None
+    plain = backbone.export_state_dict(state["backbone"])
+    if plain is None:
+        raise SsltkError(f"{path} holds backbone '{name}', which wraps no other framework's "
+                         "network, so there is nothing to export")
     torch.save(plain, out)
     return Path(out)

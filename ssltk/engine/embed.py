@@ -1,4 +1,4 @@
-"""Embeddings of a whole store, and export of a pretrained encoder to plain MONAI weights."""
+"""Embeddings of a whole store, and export of a pretrained encoder to its framework's weights."""
 
 from __future__ import annotations
 
@@ -48,16 +48,26 @@ def embed_store(store_path: str | Path, backbone: ComponentSpec | dict, encoder:
     return out
 
 
-def export_encoder(encoder: str | Path, out: str | Path) -> Path:
-    """Save the MONAI network's plain ``state_dict`` from a pretraining ``encoder.pt``.
+def export_encoder(encoder: str | Path, out: str | Path, *,
+                   registry: Registry | None = None) -> Path:
+    """Save a pretraining's ``encoder.pt`` as the plain ``state_dict`` of the network it wraps.
 
-    The result loads into the matching ``monai.networks.nets`` network (``feed_forward=False``
-    for ResNets; ``strict=False`` for DenseNet-121, whose classification layer is not trained).
+    The mapping is the backbone's own (:meth:`~ssltk.interfaces.Backbone.export_state_dict`):
+    the built-in backbones write the MONAI network's state_dict, which loads into the matching
+    ``monai.networks.nets`` network (``feed_forward=False`` for ResNets; ``strict=False`` for
+    DenseNet-121, whose classification layer is not trained).
     """
+    registry = registry or get_registry()
     state, meta = load_encoder_state(encoder)
-    plain = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    if not plain:
-        raise SsltkError(f"{encoder} is not a MONAI-based backbone ({meta.get('backbone')}); "
-                         "only ssltk's built-in backbones export to MONAI")
+    name = meta.get("backbone")
+    try:
+        backbone = registry.get("backbones", str(name))
+    except SsltkError as exc:
+        raise SsltkError(f"{encoder} was pretrained with backbone '{name}': {exc}") from None
+    plain = backbone.export_state_dict(state)
+    if plain is None:
+        raise SsltkError(f"backbone '{name}' of {encoder} wraps no other framework's network, "
+                         "so there is nothing to export; load encoder.pt's 'backbone' state "
+                         "into ssltk's own backbone instead")
     torch.save(plain, out)
     return Path(out)

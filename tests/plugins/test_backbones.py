@@ -28,6 +28,8 @@ def test_backbone_contract(registry, name, dims):
         feats = net.forward_features(x)
         assert torch.equal(y, net(x)), "eval forward must be deterministic"
     assert y.shape == (shape[0], 24) and torch.isfinite(y).all()
+    exported = type(net).export_state_dict(net.state_dict())
+    assert exported is None or (exported and all(torch.is_tensor(v) for v in exported.values()))
     assert len(feats) == len(net.feature_channels) == len(net.feature_strides)
     for f, c, s in zip(feats, net.feature_channels, net.feature_strides):
         assert f.shape[:2] == (shape[0], c)
@@ -50,7 +52,8 @@ def test_resnet_exports_to_the_matching_monai_network(registry):
     net = registry.create("backbones", "resnet18", {"stem_stride": 2}, in_channels=1,
                           spatial_dims=3)
     monai_net = resnet18(spatial_dims=3, n_input_channels=1, conv1_t_stride=2, feed_forward=False)
-    monai_net.load_state_dict(net.net.state_dict())  # strict: same keys, same shapes
+    exported = type(net).export_state_dict(net.state_dict())  # the Backbone contract
+    monai_net.load_state_dict(exported)  # strict: same keys, same shapes
     x = torch.randn(1, 1, 32, 32, 32)
     net.eval(), monai_net.eval()
     with torch.no_grad():
