@@ -16,7 +16,6 @@ from typing import Any, Literal
 import pluggy
 
 from ssltk import hookspecs
-from ssltk.interfaces import KINDS
 
 ENTRY_POINT_GROUP = "ssltk"
 DISABLE_ENV = "SSLTK_DISABLE_PLUGINS"
@@ -148,5 +147,3 @@ def _reject_unknown_hooks(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> 
             by_name[bad].status, by_name[bad].error = "broken", one_line(exc)
             pm.unregister(name=bad)
 
-
-KIND_NAMES = tuple(KINDS)

@@ -180,10 +180,6 @@ class Registry:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, path, klass.Config)) from None
 
-    def plugin_of(self, kind: str, name: str) -> str:
-        self.get(kind, name)
-        return self._entries[kind][name].plugin
-
     def validate(self, kind: str, spec: Mapping[str, Any] | ComponentSpec,
                  path: str = "") -> BaseModel:
         """Check a spec found at TOML ``path`` without building it; return its validated Config.

@@ -1,8 +1,8 @@
 """Reading volumes and metadata from a store for training: per item, or a whole batch at once.
 
-PERF_NOTES measured the default DataLoader collate as the bottleneck of a CPU pipeline: it
-allocates a fresh batch tensor every step (page faults), reaching 20-25 % of the store's raw read
-speed. Reading a whole batch with :meth:`VolumeStore.read_into` into one reused buffer runs at
+The default DataLoader collate was measured as the bottleneck of a CPU pipeline: it allocates a
+fresh batch tensor every step (page faults), reaching 20-25 % of the store's raw read speed
+(docs/performance.md). Reading a whole batch with :meth:`VolumeStore.read_into` into one reused buffer runs at
 memcpy-like speed. So the fast path here is batch-level:
 
 * :class:`BatchReader` – the training loops' reader: rows -> ``(x, meta)`` in a reused buffer.
@@ -92,10 +92,6 @@ class BatchReader:
         index = torch.as_tensor(rows)
         return torch.from_numpy(out), {c: v[index] for c, v in self.meta.items()}
 
-    def iterate(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        for rows in batches:
-            yield self.read(rows)
-
 
 class VolumeDataset(Dataset):
     """Per-item Dataset over store rows: ``(x (C, *spatial) float32, {column: scalar tensor})``.
@@ -156,8 +152,8 @@ class _Batches(Dataset):
 class _RingLoader:
     """Whole batches read in this process into a ring of ``depth`` reused buffers.
 
-    No allocation per batch (the page faults of a fresh batch tensor were the bottleneck in
-    PERF_NOTES); a batch stays valid while the next ``depth - 1`` are read.
+    No allocation per batch (the page faults of a fresh batch tensor were the measured
+    bottleneck); a batch stays valid while the next ``depth - 1`` are read.
     """
 
     def __init__(self, dataset: VolumeDataset, batches: list[np.ndarray], depth: int = 2):

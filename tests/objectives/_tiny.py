@@ -7,21 +7,17 @@ Imported by test modules as ``from _tiny import ...`` (pytest puts this folder o
 * :func:`tiny_volumes`, :func:`tiny_meta`, :func:`flip_noise_views` – a fixed problem: a few
   blob volumes in [0, 1], age (continuous, one missing) and sex (codes, one missing), views made
   by a seeded flip + Gaussian noise.
-* :func:`with_genesis_transforms` – the registry, plus simple stand-ins for the four Genesis
-  augmentations when the augmentation plugin does not provide them (yet).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
-from ssltk import hookimpl
-from ssltk.interfaces import Augmentation, Batch, Objective
-from ssltk.registry import Registry, get_registry
+from ssltk.interfaces import Batch, Objective
+from ssltk.registry import Registry
 
 MakeViews = Callable[[Tensor, int, torch.Generator], list[Tensor]]
 
@@ -89,83 +85,6 @@ def pretrain_steps(objective: Objective, volumes: Tensor, meta: dict[str, Tensor
         objective.on_step_end()
         losses.append(float(out.loss.detach()))
     return losses
-
-
-# -- stand-ins for the Genesis augmentations --------------------------------------------------
-def _boxes(x: Tensor, generator: torch.Generator, lo: float, hi: float) -> Tensor:
-    """``(B, 1, *spatial)`` bool masks: one random box per sample, sides in [lo, hi] x size."""
-    spatial = x.shape[2:]
-    mask = torch.zeros((x.shape[0], 1, *spatial), dtype=torch.bool)
-    for b in range(x.shape[0]):
-        slices = []
-        for n in spatial:
-            side = max(1, int(n * (lo + (hi - lo) * float(torch.rand(1, generator=generator)))))
-            start = int(torch.randint(0, n - side + 1, (1,), generator=generator))
-            slices.append(slice(start, start + side))
-        mask[(b, 0, *slices)] = True
-    return mask.to(x.device)
-
-
-class _Stub(Augmentation):
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        keep = torch.rand(x.shape[0], generator=generator) >= self.config.p
-        out = self.apply(x, generator)
-        return torch.where(keep.view(-1, *[1] * (x.dim() - 1)).to(x.device), x, out)
-
-
-class StubNonlinear(_Stub):
-    name = "genesis_nonlinear"
-
-    def apply(self, x, generator):
-        gamma = 0.5 + 1.5 * torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator)
-        return x.clamp(0, 1) ** gamma
-
-
-class StubLocalShuffle(_Stub):
-    name = "genesis_local_shuffle"
-
-    def apply(self, x, generator):
-        mask = _boxes(x, generator, 0.1, 0.3).expand_as(x)
-        out = x.clone()
-        vals = out[mask]
-        out[mask] = vals[torch.randperm(vals.numel(), generator=generator)]
-        return out
-
-
-class StubInpaint(_Stub):
-    name = "genesis_inpaint"
-
-    def apply(self, x, generator):
-        mask = _boxes(x, generator, 0.2, 0.4).expand_as(x)
-        return torch.where(mask, torch.rand(x.shape, generator=generator), x)
-
-
-class StubOutpaint(_Stub):
-    name = "genesis_outpaint"
-
-    def apply(self, x, generator):
-        mask = _boxes(x, generator, 0.5, 0.7).expand_as(x)
-        return torch.where(mask, x, torch.rand(x.shape, generator=generator))
-
-
-@hookimpl
-def _register_stubs(register):
-    for cls in (StubNonlinear, StubLocalShuffle, StubInpaint, StubOutpaint):
-        register(cls)
-
-
-GENESIS_TRANSFORMS = ("genesis_local_shuffle", "genesis_nonlinear", "genesis_inpaint",
-                      "genesis_outpaint")
-
-
-def with_genesis_transforms(extra: dict[str, object] | None = None) -> Registry:
-    """A fresh registry of installed plugins (+ ``extra``), with stand-in Genesis transforms
-    when no installed plugin registers them."""
-    registry = get_registry(extra=extra)
-    if all(n in registry.names("augmentations") for n in GENESIS_TRANSFORMS):
-        return registry
-    stubs = SimpleNamespace(register_augmentations=_register_stubs)
-    return get_registry(extra={**(extra or {}), "tiny_genesis_stubs": stubs})
 
 
 def backbone(registry: Registry, spatial_dims: int = 3, name: str = "resnet10",

@@ -20,13 +20,13 @@ from _tiny import (
     pretrain_steps,
     tiny_meta,
     tiny_volumes,
-    with_genesis_transforms,
 )
 from torch import Tensor
 
 from ssltk.interfaces import Anchor, ComponentConfig, Objective
+from ssltk.registry import get_registry
 
-REGISTRY = with_genesis_transforms()
+REGISTRY = get_registry()
 OBJECTIVES = REGISTRY.names("objectives")
 SIZE = {3: 16, 2: 32}
 

@@ -100,7 +100,8 @@ def test_used_by_name_in_a_toml(tmp_path):
 
 def test_trains_by_name_like_a_builtin():
     registry = get_registry()
-    assert registry.plugin_of("objectives", "barlow") == "barlow"
+    barlow = next(p for p in registry.plugins if p.name == "barlow")
+    assert barlow.components == {"objectives": ["barlow"]}
     torch.manual_seed(0)
     objective = registry.create("objectives", "barlow", {"projector_dims": [128, 128, 128]},
                                 backbone=backbone(registry, 3), registry=registry)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import backbone, pretrain_steps, tiny_volumes, with_genesis_transforms
+from _tiny import backbone, pretrain_steps, tiny_volumes
 
 from ssltk.errors import ConfigError
 from ssltk.interfaces import Batch
 from ssltk.registry import get_registry
 
-REGISTRY = with_genesis_transforms()
+REGISTRY = get_registry()
 
 # (backbone, params): every stem/pool combination of the ResNets, a bottleneck, a DenseNet
 VARIANTS = [

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from _tiny import backbone, pretrain_steps, tiny_meta, tiny_volumes, with_genesis_transforms
+from _tiny import backbone, pretrain_steps, tiny_meta, tiny_volumes
 from torch import Tensor, nn
 
 from ssltk.errors import ConfigError
 from ssltk.interfaces import Backbone, Batch, Objective, ObjectiveOutput
+from ssltk.registry import get_registry
 
 
 class ConstantSSL(Objective):
@@ -54,7 +55,7 @@ class IdentityBackbone(Backbone):
 
 @pytest.fixture(scope="module")
 def registry():
-    registry = with_genesis_transforms()
+    registry = get_registry()
     registry.add("objectives", ConstantSSL)
     return registry
 
