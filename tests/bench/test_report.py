@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from ssltk.bench.plots import macro_roc
 from ssltk.bench.report import (aggregate, load_results, paired_comparison, primary_metric,
                                 summary_table, write_report)
-from ssltk.bench.stats import Budget, paired_tests
+from ssltk.bench.stats import paired_tests
+from ssltk.budgets import Budget
 from ssltk.cli import _Group
 from ssltk.cli.report import command
 from ssltk.engine.metrics import classification_metrics, regression_metrics
