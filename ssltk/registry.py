@@ -197,7 +197,7 @@ class Registry:
             raise ConfigError(f"{path}.name: {exc}" if path else str(exc)) from None
         config = self.config(kind, spec.name, spec.params(), path)
         if kind == "objectives":
-            klass.check_nested(config, self, path)
+            klass.check_nested(config, self, path or spec.name)
             if spec.anchor is not None:
                 if not klass.uses_anchor:
                     raise ConfigError(f"{path}.anchor: objective '{spec.name}' takes no anchor; "

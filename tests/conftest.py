@@ -151,7 +151,7 @@ def write_benchmark(path, store, **changes):
     doc = {k: dict(v) if isinstance(v, dict) else v for k, v in BENCHMARK.items()}
     doc["data"] |= {"pretrain_store": store, "finetune_store": store}
     for key, value in changes.items():
-        doc[key] = doc[key] | value if isinstance(value, dict) else value
+        doc[key] = doc.get(key, {}) | value if isinstance(value, dict) else value
     lines = [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
     for table, content in doc.items():
         if isinstance(content, dict):

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssltk.specs import ComponentSpec
 from ssltk.engine.checkpoint import load_checkpoint, package_versions, save_checkpoint
 from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry
+from ssltk.specs import ComponentSpec
 
 FORMAT = "ssltk-model-bundle"
 FORMAT_VERSION = 1
@@ -281,8 +281,6 @@ def load_bundle(path: str | Path, registry: Registry | None = None,
     Raises:
         SsltkError: not a bundle, weights missing, altered or corrupt, backbone not installed.
     """
-    from ssltk.engine.finetuning import load_encoder
-
     path = Path(path)
     meta = read_model_json(path)
     weights = path / meta.get("weights", WEIGHTS)
@@ -293,8 +291,9 @@ def load_bundle(path: str | Path, registry: Registry | None = None,
                          f"file was altered or truncated); copy the bundle again")
     state, _ = load_checkpoint(weights)
     spec = ComponentSpec(**meta["backbone"])
-    backbone = load_encoder(spec, None, meta["in_channels"], meta["spatial_dims"],
-                            registry or get_registry())
+    backbone = (registry or get_registry()).build(
+        "backbones", spec, "backbone", in_channels=meta["in_channels"],
+        spatial_dims=meta["spatial_dims"])
     backbone.load_state_dict(state["backbone"])
     n_out = meta["head"]["out_features"]
     if "probe" in state:

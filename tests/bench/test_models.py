@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from test_runner import write_config
 
 from ssltk.bench.models import CANDIDATES, saved_bundles
 from ssltk.bench.plots import method_label, micro_roc, pr_curves
@@ -16,9 +15,11 @@ from ssltk.bench.runner import run_benchmark
 from ssltk.config import load_config
 from ssltk.errors import ConfigError
 
-SMALL = {'objectives = [{name = "simclr"}, {name = "yaware", anchor = {name = "rbf", '
-         'columns = ["age"], sigma = 5.0}}]': 'objectives = [{name = "simclr"}]',
-         "seeds = [0, 1]": "seeds = [0, 1, 2]"}
+def write_config(make_benchmark, folder, store, seeds=(0, 1, 2), name="tiny.toml", **changes):
+    """The tiny benchmark (tests/conftest.py) with SimCLR, budgets 2 and 4 per class."""
+    finetune = {"n_per_class": [2, 4]} | changes.pop("finetune", {})
+    return make_benchmark(folder / name, store, output_dir=folder / "runs", seeds=list(seeds),
+                          finetune=finetune, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,10 @@ def tiny_store(tmp_path_factory, make_tiny_store):
     return make_tiny_store(tmp_path_factory.mktemp("models") / "tiny.h5", (1, 16, 16, 16), n=32)
 
 
-def test_best_keeps_the_best_validation_cell_at_the_largest_budget(tmp_path, tiny_store):
-    cfg = write_config(tmp_path, tiny_store, **SMALL, **{
-        'test_fraction = 0.25': 'test_fraction = 0.25\nsave_models = "best"\n'
-                                '[report]\ngradcam = true\ngradcam_subjects = 2'})
+def test_best_keeps_the_best_validation_cell_at_the_largest_budget(tmp_path, tiny_store,
+                                                                  make_benchmark):
+    cfg = write_config(make_benchmark, tmp_path, tiny_store, finetune={"save_models": "best"},
+                       report={"gradcam": True, "gradcam_subjects": 2})
     root = run_benchmark(cfg)
     results = read_results(root / "results.jsonl")
     bundles = {p.name: json.loads((p / "model.json").read_text()) for p in saved_bundles(root)}
@@ -49,18 +50,18 @@ def test_best_keeps_the_best_validation_cell_at_the_largest_budget(tmp_path, tin
     assert {p.name for p in saved_bundles(again)} == set(bundles)
 
 
-def test_all_saves_every_cell_and_gradcam_needs_saved_models(tmp_path, tiny_store):
-    cfg = write_config(tmp_path, tiny_store, **SMALL, **{
-        "seeds = [0, 1, 2]": "seeds = [0]",
-        'test_fraction = 0.25': 'test_fraction = 0.25\nsave_models = "all"'})
+def test_all_saves_every_cell_and_gradcam_needs_saved_models(tmp_path, tiny_store,
+                                                            make_benchmark):
+    cfg = write_config(make_benchmark, tmp_path, tiny_store, seeds=[0],
+                       finetune={"save_models": "all"})
     root = run_benchmark(cfg)
     names = sorted(p.name for p in saved_bundles(root))
     assert names == ["scratch-frozen-n_per_class2-seed0-rep0",
                      "scratch-frozen-n_per_class4-seed0-rep0",
                      "simclr-frozen-n_per_class2-seed0-rep0",
                      "simclr-frozen-n_per_class4-seed0-rep0"]
-    bad = write_config(tmp_path, tiny_store, name="bad.toml",
-                       **{'test_fraction = 0.25': 'test_fraction = 0.25\n[report]\ngradcam = true'})
+    bad = write_config(make_benchmark, tmp_path, tiny_store, name="bad.toml",
+                       report={"gradcam": True})
     with pytest.raises(ConfigError, match="report.gradcam needs saved models"):
         load_config(bad)
 
