@@ -33,6 +33,20 @@ class IngestError(StoreError):
     """An input file or table cannot be ingested (message names the file and the fix)."""
 
 
+class InputFileError(IngestError):
+    """One input file cannot be read or preprocessed: ``str()`` is ``"<path>: <reason>"``.
+
+    Attributes:
+        path: the file.
+        reason: what is wrong with it and the fix, without the path (for ``--on-error skip``
+            reports, which list the path in a column of their own).
+    """
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
 @dataclass
 class Item:
     """One source file to ingest and the metadata it will get (besides subject and session)."""

@@ -12,8 +12,8 @@ background.
 from __future__ import annotations
 
 import functools
+import math
 import re
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,9 @@ from typing import Literal
 
 import numpy as np
 
-from ssltk.store.ingest_common import (IngestError, IngestReport, Item, OnError, Processed,
-                                       Progress, dedupe, fail, open_or_resume, run_items,
-                                       sha256_file, write_skip_report)
+from ssltk.store.ingest_common import (IngestError, IngestReport, InputFileError, Item, OnError,
+                                       Processed, Progress, dedupe, fail, open_or_resume,
+                                       run_items, sha256_file, write_skip_report)
 from ssltk.store.participants import Participants, read_participants, strip_prefix
 from ssltk.store.schema import ColumnSpec
 from ssltk.store.writer import StoreWriter
@@ -56,6 +56,17 @@ class NiftiOptions:
         if self.normalize == "percentile":
             rec["percentiles"] = list(PERCENTILES)
         return rec
+
+    @classmethod
+    def from_record(cls, record: dict) -> NiftiOptions:
+        """The options a store was made with, from its ``preprocessing`` attr (for inference
+        on new scans: ``preprocess_nifti(path, NiftiOptions.from_record(store.attrs[...]))``)."""
+        if record.get("pipeline") != "ssltk ingest nifti":
+            raise IngestError(f"preprocessing {record.get('pipeline')!r} is not that of "
+                              f"'ssltk ingest nifti'; this store was not made from NIfTI files")
+        shape = record.get("shape")
+        return cls(shape=tuple(shape) if shape else None, spacing=record.get("spacing"),
+                   normalize=record.get("normalize", "percentile"))
 
 
 def _strip_nii(name: str) -> str:
@@ -95,19 +106,24 @@ def discover_nifti(src: Path, pattern: str | None = None) -> list[Item]:
     return [_item_of(p) for p in files]
 
 
+MAX_VOXELS = 2**31  # a header claiming more is corrupt (or no brain MRI): refuse, don't allocate
+
+
 def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(D, H, W)`` float32 data and 4x4 affine; raises ValueError with the fix."""
     import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-    from nibabel.spatialimages import HeaderDataError
 
     try:
         img = nib.load(str(path))
+        shape = tuple(int(n) for n in img.shape)
+        if math.prod(shape) > MAX_VOXELS or min(shape, default=0) < 1:
+            raise ValueError(f"header claims a {'x'.join(map(str, shape))} image")
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, EOFError, zlib.error, ImageFileError, HeaderDataError, ValueError) as exc:
-        raise ValueError(f"cannot read the image ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); the file is "
-                         f"corrupt or truncated: re-export or re-download it") from None
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001  (any failure of a corrupt file is the file's fault)
+        first = str(exc).splitlines()[0][:200] if str(exc) else "corrupt"
+        raise ValueError(f"cannot read the image ({type(exc).__name__}: {first}); the file "
+                         f"is corrupt or truncated: re-export or re-download it") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -117,7 +133,10 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     bad = int((~np.isfinite(data)).sum())
     if bad:
         raise ValueError(f"image has {bad} NaN/Inf voxels; fix or remove the file")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("its affine (sform/qform) is singular or not finite; fix the header "
+                         "(e.g. fslorient) or remove the file")
+    return data, affine
 
 
 def normalize(x: np.ndarray, mode: Normalize) -> np.ndarray:
@@ -171,14 +190,50 @@ def preprocess_with_affine(data: np.ndarray, affine: np.ndarray, options: NiftiO
     return np.ascontiguousarray(vol.numpy(), dtype=np.float32), zooms, out_affine
 
 
+def preprocess_nifti(path: str | Path,
+                     options: NiftiOptions = NiftiOptions()) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Load one NIfTI file and preprocess it exactly as ``ssltk ingest nifti`` does.
+
+    The single entry point of the ingest preprocessing (also for inference on new scans, which
+    must see what training saw): load with nibabel, check (3D, finite, sane header),
+    reorient to RAS, resample to ``options.spacing``, normalise intensities, then pad/crop to
+    ``options.shape`` (see the module docstring for the order and why).
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        options: the preprocessing; a store's is ``NiftiOptions(**...)`` of its recorded
+            ``preprocessing`` attr (shape, spacing, normalize).
+
+    Returns:
+        ``(volume, zooms)``: ``(1, *shape)`` float32 C-contiguous, and the voxel size in mm
+        after resampling.
+
+    Raises:
+        InputFileError: the file cannot be read or preprocessed (one line: path, reason, fix).
+    """
+    try:
+        data, affine = load_nifti(Path(path))
+        return preprocess(data, affine, options)
+    except ValueError as exc:
+        raise InputFileError(path, str(exc)) from None
+    except (RuntimeError, ArithmeticError, IndexError, TypeError, np.linalg.LinAlgError) as exc:
+        # MONAI on a header it cannot reorient/resample (degenerate affine, odd shape...)
+        raise InputFileError(path, f"cannot preprocess the image ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                   f"check its header, or remove the file") from None
+
+
 def process_nifti(item: Item, options: NiftiOptions) -> Processed:
     """Load, check, preprocess and hash one file (runs in a worker)."""
     try:
-        data, affine = load_nifti(item.path)
-        volume, zooms = preprocess(data, affine, options)
-    except ValueError as exc:
-        return Processed(error=str(exc))
-    return Processed(volume, sha256_file(item.path), info={"zooms": zooms})
+        volume, zooms = preprocess_nifti(item.path, options)
+        sha = sha256_file(item.path)
+    except InputFileError as exc:
+        return Processed(error=exc.reason)
+    except OSError as exc:  # vanished or unreadable between discovery and now
+        return Processed(error=f"cannot read the file ({exc.strerror or exc}); check it exists "
+                               f"and is readable")
+    return Processed(volume, sha, info={"zooms": zooms})
 
 
 def attach_participants(items: list[Item], table: Participants | None, on_error: OnError,

@@ -231,3 +231,24 @@ def test_worker_pool(flat_dir, tmp_path):
     assert a.meta["subject_id"].tolist() == b.meta["subject_id"].tolist()
     for i in range(4):
         np.testing.assert_array_equal(a[i], b[i])
+
+
+def test_preprocess_nifti_is_what_ingest_stores(flat_dir, tmp_path):
+    """The public per-file preprocessing, rebuilt from a store's record, gives its rows."""
+    from ssltk.store import preprocess_nifti
+
+    out = tmp_path / "p.h5"
+    ingest_nifti(flat_dir, out, options=NiftiOptions(shape=(12, 20, 16)), dtype="float32",
+                 compression="none")
+    store = VolumeStore.open(out)
+    options = NiftiOptions.from_record(store.attrs["preprocessing"])
+    assert options == NiftiOptions(shape=(12, 20, 16))
+    for row, src in enumerate(store.sources):
+        volume, zooms = preprocess_nifti(src["path"], options)
+        np.testing.assert_array_equal(volume, store[row])
+        assert zooms == (1.0, 1.0, 1.0)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(IngestError, match=r"bad\.nii\.gz: cannot read the image") as err:
+        preprocess_nifti(bad, options)
+    assert "\n" not in str(err.value)
