@@ -21,6 +21,9 @@ class Normalize(str, Enum):
 
 
 class DType(str, Enum):
+    auto = "auto"
+    uint8 = "uint8"
+    uint16 = "uint16"
     float16 = "float16"
     float32 = "float32"
 
@@ -39,7 +42,14 @@ class OnError(str, Enum):
 
 Out = Annotated[Path, typer.Option("--out", "-o", dir_okay=False,
                                    help="Store to create, or to resume when it exists.")]
-DTypeOpt = Annotated[DType, typer.Option("--dtype", help="On-disk dtype of volumes.")]
+DTypeOpt = Annotated[DType, typer.Option(
+    "--dtype", help="How volumes are stored: auto (uint8 codes, per-volume scale/offset, max "
+                    "error --max-error of each volume's range), uint8, uint16, float16, float32 "
+                    "(exact). See docs/store.md.")]
+MaxErrorOpt = Annotated[float | None, typer.Option(
+    "--max-error", metavar="FRACTION", min=0.0, max=0.4999,
+    help="auto/uint8/uint16: largest error allowed, as a fraction of each volume's intensity "
+         "range (auto default 1/128 = 0.0078125; 0 = finest grid, exact for integer data).")]
 CompressionOpt = Annotated[Compression, typer.Option("--compression", help="Volume codec.")]
 OnErrorOpt = Annotated[OnError, typer.Option(
     "--on-error", help="abort at the first bad file, or skip it (listed in OUT.skipped.tsv).")]
@@ -70,7 +80,8 @@ def nifti(
         "--spacing", metavar="MM", min=0.01, help="Resample to isotropic voxels of MM mm.")] = None,
     normalize: Annotated[Normalize, typer.Option(
         "--normalize", help="Intensity normalisation.")] = Normalize.percentile,
-    dtype: DTypeOpt = DType.float16,
+    dtype: DTypeOpt = DType.auto,
+    max_error: MaxErrorOpt = None,
     compression: CompressionOpt = Compression.zstd,
     workers: Annotated[int, typer.Option("--workers", min=1,
                                          help="Processes loading/preprocessing files.")] = 1,
@@ -91,7 +102,8 @@ def nifti(
         report = ingest_nifti(src, out, participants, options, dtype=dtype.value,
                               compression=compression.value, workers=workers,
                               on_error=on_error.value, pattern=pattern, overwrite=overwrite,
-                              categorical=categorical or (), progress=progress)
+                              categorical=categorical or (), progress=progress,
+                              max_error=max_error)
     _summary(report)
 
 
@@ -102,7 +114,8 @@ def images(
     out: Out,
     size: Annotated[tuple[int, int], typer.Option("--size", metavar="H W",
                                                   help="Resize every image to H x W.")],
-    dtype: DTypeOpt = DType.float16,
+    dtype: DTypeOpt = DType.auto,
+    max_error: MaxErrorOpt = None,
     compression: CompressionOpt = Compression.zstd,
     on_error: OnErrorOpt = OnError.abort,
     subject_regex: Annotated[str | None, typer.Option(
@@ -117,7 +130,7 @@ def images(
     with progress_bar("ingest images") as progress:
         report = ingest_images(src, out, size, dtype=dtype.value, compression=compression.value,
                                on_error=on_error.value, subject_regex=subject_regex,
-                               overwrite=overwrite, progress=progress)
+                               overwrite=overwrite, progress=progress, max_error=max_error)
     _summary(report)
 
 

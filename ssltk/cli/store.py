@@ -36,6 +36,16 @@ def _column_summary(col: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in col["counts"].items()) + miss
 
 
+def _encoding(data: dict) -> str:
+    enc = data["encoding"] or {}
+    text = f"{enc.get('requested', data['dtype'])} -> {data['dtype']}"
+    if enc.get("bound") is not None:
+        text += f", |error| <= {enc['bound']:.4g} x each volume's range"
+    if data.get("max_abs_error") is not None:
+        text += f"; largest stored error {data['max_abs_error']:.3g}"
+    return text
+
+
 @app.command("info")
 def info(
     store: Store,
@@ -55,11 +65,13 @@ def info(
         ("rows", f"{data['rows']}" + (f" (+{data['uncommitted']} uncommitted)"
                                       if data["uncommitted"] else "")),
         ("shape", " x ".join(map(str, data["shape"]))), ("dtype", data["dtype"]),
+        ("encoding", _encoding(data)),
+        ("checksums", "Fletcher-32 per volume" if data["checksums"] else "none (old store)"),
         ("compression", data["compression"]), ("size on disk", _size(data["size_bytes"]) + per),
         ("spacing (mm)", data["spacing"]), ("orientation", data["orientation"]),
         ("preprocessing", json.dumps(data["preprocessing"])),
         ("written by", f"ssltk {data['ssltk_version']} on {data['created']}"),
-    ]:
+    ] + ([("being written by", data["writer"])] if data["writer"] else []):
         head.add_row(key, str(value))
     out.print(head)
     cols = Table(title="columns")

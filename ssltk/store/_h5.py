@@ -9,21 +9,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ssltk.store import schema
-from ssltk.store.schema import StoreError
+from ssltk.store import damage, schema
 
 
 def _open_h5(path: Path, mode: str, **kwargs: Any) -> h5py.File:
     try:
         return h5py.File(path, mode, locking="best-effort", **kwargs)
     except (OSError, BlockingIOError) as exc:
-        if "already open" in str(exc):
-            raise StoreError(f"{path} is already open in this process ({exc}); close the "
-                             f"other VolumeStore/StoreWriter on it first") from None
-        if "lock" in str(exc).lower():
-            raise StoreError(f"{path} is open in another process (file locked); a store has a "
-                             f"single writer: wait for it to finish or stop it") from None
-        raise StoreError(f"cannot open {path} as HDF5 ({exc}); is it an ssltk store?") from None
+        raise damage.open_error(path, exc) from None
 
 
 def decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
@@ -33,7 +26,7 @@ def decode_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
         value = attrs[key]
         if isinstance(value, (bytes, np.bytes_, str)):
             value = schema.get_str_attr(attrs, key)
-            if key in ("preprocessing", "columns"):
+            if key in ("preprocessing", "columns", "encoding"):
                 value = json.loads(value)
         elif isinstance(value, np.ndarray):
             value = tuple(value.tolist())

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ssltk.store import lock
+from ssltk.store.damage import StoreWriteError
+from ssltk.store.encoding import Encoding
 from ssltk.store.schema import ColumnSpec, StoreError
 from ssltk.store.writer import StoreWriter
 
@@ -168,21 +172,34 @@ def fail(path: Path, reason: str, on_error: OnError, report: IngestReport) -> No
     report.skipped.append((str(path), reason))
 
 
+@contextmanager
+def ingest_lock(out: Path):
+    """Hold ``out``'s write lock for a whole ingest (see :mod:`ssltk.store.lock`): a second
+    ingest to the same store stops at once, naming this one, before it reads or writes
+    anything."""
+    lock.acquire(out)
+    try:
+        yield
+    finally:
+        lock.release(out)
+
+
 def open_or_resume(out: Path, overwrite: bool, preprocessing: Mapping[str, Any],
-                   columns: Mapping[str, ColumnSpec], dtype: str,
+                   columns: Mapping[str, ColumnSpec], encoding: Encoding,
                    compression: str) -> StoreWriter | None:
     """The writer of an existing store to resume, or None when a new one must be created.
 
     Raises:
         IngestError: the existing store was made with other parameters or columns.
+        StoreError: it is damaged, truncated or not a store (one line, with the fix).
     """
     if overwrite or not out.exists():
         return None
     writer = StoreWriter.resume(out)
     attrs = writer.attrs
-    mine = {"preprocessing": dict(preprocessing), "dtype": dtype, "compression": compression,
-            "columns": {k: v.kind for k, v in columns.items()}}
-    theirs = {"preprocessing": writer.preprocessing, "dtype": attrs.get("dtype"),
+    mine = {"preprocessing": dict(preprocessing), "dtype": _dtype_key(encoding),
+            "compression": compression, "columns": {k: v.kind for k, v in columns.items()}}
+    theirs = {"preprocessing": writer.preprocessing, "dtype": _dtype_key(writer.encoding),
               "compression": attrs.get("compression"),
               "columns": {k: v.kind for k, v in writer.columns.items()}}
     diff = [k for k in mine if mine[k] != theirs[k]]
@@ -198,15 +215,33 @@ def open_or_resume(out: Path, overwrite: bool, preprocessing: Mapping[str, Any],
     return writer
 
 
+def _dtype_key(enc: Encoding) -> str:
+    """What ``--dtype``/``--max-error`` a store was made with, as the user would write it."""
+    if enc.max_error is None:
+        return enc.requested or enc.dtype
+    return f"{enc.requested or enc.dtype} (max error {enc.max_error:g})"
+
+
 def write_skip_report(report: IngestReport) -> None:
-    """``<out>.skipped.tsv`` (file, reason) of this run's skips; a stale one is removed."""
+    """``<out>.skipped.tsv`` (file, reason) of this run's skips; a stale one is removed.
+
+    A failure to write it (full disk) is a warning: the store itself is what matters.
+    """
     path = report.out.with_name(report.out.name + ".skipped.tsv")
-    if not report.skipped:
-        path.unlink(missing_ok=True)
-        return
-    lines = ["file\treason"] + [f"{f}\t{r.replace(chr(9), ' ')}" for f, r in report.skipped]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    report.skipped_report = path
+    try:
+        if not report.skipped:
+            path.unlink(missing_ok=True)
+            return
+        lines = ["file\treason"] + [f"{f}\t{_one_line(r)}" for f, r in report.skipped]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        report.skipped_report = path
+    except OSError as exc:
+        report.warn(f"cannot write {path} ({exc.strerror}); the skipped files were: "
+                    + "; ".join(f for f, _ in report.skipped))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def run_items(items: Iterable[Item], process: Callable[[Item], Processed],
@@ -229,6 +264,8 @@ def run_items(items: Iterable[Item], process: Callable[[Item], Processed],
                 writer.append(result.volume, meta,
                               source={"path": str(item.path), "sha256": result.sha256})
                 report.written += 1
+            except StoreWriteError:  # disk full...: the store's problem, whatever the policy
+                raise
             except StoreError as exc:  # NaN, float16 range, shape: this file's problem
                 fail(item.path, str(exc), on_error, report)
         done += 1

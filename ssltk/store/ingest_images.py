@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ssltk.store.encoding import Encoding
 from ssltk.store.ingest_common import (IngestError, IngestReport, Item, OnError, Processed,
-                                       Progress, dedupe, fail, open_or_resume, run_items,
-                                       sha256_file, write_skip_report)
+                                       Progress, dedupe, fail, ingest_lock, open_or_resume,
+                                       run_items, sha256_file, write_skip_report)
 from ssltk.store.schema import ColumnSpec
 from ssltk.store.writer import StoreWriter
 
@@ -70,7 +71,7 @@ def discover_images(src: Path, subject_regex: str | None, on_error: OnError,
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """``(1, H, W)`` float32 in [0, 1]; raises ValueError with the fix for unreadable files."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as img:
@@ -82,8 +83,9 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
                 arr, scale = np.asarray(img, dtype=np.float32), None
             else:
                 arr, scale = np.asarray(img.convert("L"), dtype=np.float32), 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ValueError(f"cannot read the image ({type(exc).__name__}: {exc}); the file is "
+    except Exception as exc:  # noqa: BLE001  (PIL raises many types on corrupt files)
+        first = str(exc).splitlines()[0][:200] if str(exc) else "corrupt"
+        raise ValueError(f"cannot read the image ({type(exc).__name__}: {first}); the file is "
                          f"corrupt or not an image: replace or remove it") from None
     if scale is None:
         lo, hi = float(arr.min()), float(arr.max())
@@ -100,37 +102,55 @@ def process_image(item: Item, size: tuple[int, int]) -> Processed:
     """Load, resize and hash one image (runs in the main process: images are cheap)."""
     try:
         volume = load_image(item.path, size)
+        sha = sha256_file(item.path)
     except ValueError as exc:
         return Processed(error=str(exc))
-    return Processed(volume, sha256_file(item.path))
+    except OSError as exc:
+        return Processed(error=f"cannot read the file ({exc.strerror or exc}); check it exists "
+                               f"and is readable")
+    return Processed(volume, sha)
 
 
 def ingest_images(src: str | Path, out: str | Path, size: tuple[int, int],
-                  dtype: str = "float16", compression: str = "zstd",
+                  dtype: str = "auto", compression: str = "zstd",
                   on_error: OnError = "abort", subject_regex: str | None = None,
-                  overwrite: bool = False, progress: Progress | None = None) -> IngestReport:
+                  overwrite: bool = False, progress: Progress | None = None,
+                  max_error: float | None = None) -> IngestReport:
     """Ingest a class-per-folder image dataset into the store ``out`` (resumable).
 
     Args:
         src: root folder, ``SRC/<class>/*.png`` or ``SRC/<split>/<class>/*.jpg``.
         out: the store to create, or resume when it exists (same parameters required).
         size: ``(H, W)`` of the stored images.
-        dtype, compression: of the stored images.
+        dtype, compression: of the stored images (``auto``: see :mod:`ssltk.store.encoding`).
         on_error: ``abort`` at the first unreadable image, or ``skip`` it.
         subject_regex: regex whose first group, searched in the file stem, is the subject id.
         overwrite: replace ``out`` instead of resuming it.
         progress: ``progress(done, total)`` after each image.
+        max_error: integer storage: max abs error as a fraction of each image's range.
     """
     src, out = Path(src), Path(out)
     size = (int(size[0]), int(size[1]))
+    encoding = Encoding.resolve(dtype, max_error)
+    if min(size) < 1:
+        raise IngestError(f"--size {size[0]} {size[1]}: give a height and width >= 1")
+    with ingest_lock(out):
+        return _ingest_images(src, out, size, encoding, compression, on_error, subject_regex,
+                              overwrite, progress)
+
+
+def _ingest_images(src: Path, out: Path, size: tuple[int, int], encoding: Encoding,
+                   compression: str, on_error: OnError, subject_regex: str | None,
+                   overwrite: bool, progress: Progress | None) -> IngestReport:
     report = IngestReport(out)
     items = dedupe(discover_images(src, subject_regex, on_error, report), on_error, report)
     record = {"pipeline": "ssltk ingest images", "size": list(size), "grayscale": True,
               "interpolation": "bilinear", "intensity": "[0, 1]",
               "subject_regex": subject_regex}
-    writer = open_or_resume(out, overwrite, record, COLUMNS, dtype, compression)
+    writer = open_or_resume(out, overwrite, record, COLUMNS, encoding, compression)
     if writer is None:
-        writer = StoreWriter.create(out, shape=(1, *size), columns=COLUMNS, dtype=dtype,
+        writer = StoreWriter.create(out, shape=(1, *size), columns=COLUMNS,
+                                    dtype=encoding.requested, max_error=encoding.max_error,
                                     compression=compression, spacing=None, preprocessing=record,
                                     overwrite=overwrite, orientation="image")
     else:

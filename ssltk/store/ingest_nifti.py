@@ -21,9 +21,11 @@ from typing import Literal
 
 import numpy as np
 
+from ssltk.store.encoding import Encoding
 from ssltk.store.ingest_common import (IngestError, IngestReport, InputFileError, Item, OnError,
-                                       Processed, Progress, dedupe, fail, open_or_resume,
-                                       run_items, sha256_file, write_skip_report)
+                                       Processed, Progress, dedupe, fail, ingest_lock,
+                                       open_or_resume, run_items, sha256_file,
+                                       write_skip_report)
 from ssltk.store.participants import Participants, read_participants, strip_prefix
 from ssltk.store.schema import ColumnSpec
 from ssltk.store.writer import StoreWriter
@@ -286,11 +288,11 @@ class _LazyWriter:
 
 
 def ingest_nifti(src: str | Path, out: str | Path, participants: str | Path | None = None,
-                 options: NiftiOptions = NiftiOptions(), dtype: str = "float16",
+                 options: NiftiOptions = NiftiOptions(), dtype: str = "auto",
                  compression: str = "zstd", workers: int = 1, on_error: OnError = "abort",
                  pattern: str | None = None, overwrite: bool = False,
                  categorical: Iterable[str] = (), progress: Progress | None = None,
-                 ) -> IngestReport:
+                 max_error: float | None = None) -> IngestReport:
     """Ingest NIfTI files into the store ``out``, resuming it when it exists.
 
     Args:
@@ -299,7 +301,7 @@ def ingest_nifti(src: str | Path, out: str | Path, participants: str | Path | No
             skipped; other preprocessing parameters are an error).
         participants: table of metadata; default ``src/participants.tsv`` when present.
         options: the preprocessing (see :class:`NiftiOptions`).
-        dtype, compression: of the stored volumes.
+        dtype, compression: of the stored volumes (``auto``: see :mod:`ssltk.store.encoding`).
         workers: processes loading and preprocessing files (the main process writes).
         on_error: ``abort`` at the first bad file, or ``skip`` it and list it in
             ``<out>.skipped.tsv``.
@@ -307,8 +309,23 @@ def ingest_nifti(src: str | Path, out: str | Path, participants: str | Path | No
         overwrite: replace ``out`` instead of resuming it.
         categorical: participants columns to keep categorical even when numeric.
         progress: ``progress(done, total)`` after each file.
+        max_error: integer storage: max abs error as a fraction of each volume's range.
+
+    Raises:
+        StoreLockedError: another process is writing ``out``.
+        StoreWriteError: the disk filled up (committed rows are kept; re-run to resume).
     """
     src, out = Path(src), Path(out)
+    encoding = Encoding.resolve(dtype, max_error)
+    with ingest_lock(out):
+        return _ingest_nifti(src, out, participants, options, encoding, compression, workers,
+                             on_error, pattern, overwrite, categorical, progress)
+
+
+def _ingest_nifti(src: Path, out: Path, participants, options: NiftiOptions, encoding: Encoding,
+                  compression: str, workers: int, on_error: OnError, pattern: str | None,
+                  overwrite: bool, categorical: Iterable[str],
+                  progress: Progress | None) -> IngestReport:
     report = IngestReport(out)
     if participants is None and (src / "participants.tsv").is_file():
         participants = src / "participants.tsv"
@@ -317,12 +334,13 @@ def ingest_nifti(src: str | Path, out: str | Path, participants: str | Path | No
     items = attach_participants(items, table, on_error, report)
     columns = {"subject_id": ColumnSpec("id"), "session": ColumnSpec("id"),
                **(table.columns if table else {})}
-    writer = open_or_resume(out, overwrite, options.record(), columns, dtype, compression)
+    writer = open_or_resume(out, overwrite, options.record(), columns, encoding, compression)
     if writer is not None:
         report.already = writer.committed
         items = [i for i in items if i.key not in writer.keys()]
-    lazy = _LazyWriter(writer, report, path=out, columns=columns, dtype=dtype,
-                       compression=compression, options=options, overwrite=overwrite)
+    lazy = _LazyWriter(writer, report, path=out, columns=columns, dtype=encoding.requested,
+                       max_error=encoding.max_error, compression=compression, options=options,
+                       overwrite=overwrite)
     try:
         run_items(items, functools.partial(process_nifti, options=options), lazy,
                   on_error=on_error, workers=workers, report=report, total=len(items),

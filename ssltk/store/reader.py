@@ -9,7 +9,6 @@ DataLoader workers, forked or spawned.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import hdf5plugin  # noqa: F401  (registers the Blosc filter with HDF5)
 import numpy as np
 
 from ssltk.errors import did_you_mean
-from ssltk.store import schema
+from ssltk.store import damage, schema
 from ssltk.store._h5 import _open_h5, decode_attrs
+from ssltk.store.encoding import Encoding, decode_into
 from ssltk.store.schema import ColumnSpec, StoreError
 
 
@@ -43,22 +43,38 @@ class VolumeStore:
         if not self.path.is_file():
             raise StoreError(f"{self.path} does not exist; create it with 'ssltk ingest'")
         with _open_read(self.path) as f:
-            if schema.get_str_attr(f.attrs, "format") != schema.FORMAT:
-                raise StoreError(f"{self.path} is not an ssltk volume store (format attribute "
-                                 f"missing); create it with 'ssltk ingest'")
-            if int(f.attrs["version"]) > schema.VERSION:
-                raise StoreError(f"{self.path} has store version {int(f.attrs['version'])}, "
-                                 f"newer than this ssltk reads ({schema.VERSION}); upgrade ssltk")
-            self.attrs: dict[str, Any] = decode_attrs(f.attrs)
-            self._n = int(f.attrs["committed"])
-            self.columns: dict[str, ColumnSpec] = schema.columns_from_json(
-                schema.get_str_attr(f.attrs, "columns"))
-            self.meta: dict[str, np.ndarray] = {c: self._read_column(f, c) for c in self.columns}
-            self.shape: tuple[int, ...] = tuple(int(s) for s in f["volumes"].shape[1:])
-            self.dtype = np.dtype(f["volumes"].dtype)
+            try:
+                self._read_header(f)
+            except StoreError:
+                raise
+            except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+                raise damage.structure_error(self.path, exc) from None
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._sources: list[dict[str, str]] | None = None
+
+    def _read_header(self, f: h5py.File) -> None:
+        if schema.get_str_attr(f.attrs, "format") != schema.FORMAT:
+            raise StoreError(f"{self.path} is not an ssltk volume store (format attribute "
+                             f"missing); create it with 'ssltk ingest'")
+        if int(f.attrs["version"]) > schema.VERSION:
+            raise StoreError(f"{self.path} has store version {int(f.attrs['version'])}, "
+                             f"newer than this ssltk reads ({schema.VERSION}); upgrade ssltk")
+        self.attrs: dict[str, Any] = decode_attrs(f.attrs)
+        self._n = int(f.attrs["committed"])
+        self.columns: dict[str, ColumnSpec] = schema.columns_from_json(
+            schema.get_str_attr(f.attrs, "columns"))
+        self.meta: dict[str, np.ndarray] = {c: self._read_column(f, c) for c in self.columns}
+        self.shape: tuple[int, ...] = tuple(int(s) for s in f["volumes"].shape[1:])
+        self.dtype = np.dtype(f["volumes"].dtype)
+        self.encoding = Encoding.from_record(self.attrs.get("encoding"), str(self.dtype))
+        self.checksums = bool(f["volumes"].fletcher32)
+        self._scale = self._offset = None
+        if self.encoding.is_integer:  # decoding parameters of every row, read once
+            self._scale = f["encoding/scale"][: self._n].astype(np.float32)
+            self._offset = f["encoding/offset"][: self._n].astype(np.float32)
+            if len(self._scale) < self._n or len(self._offset) < self._n:
+                raise KeyError(f"/encoding has fewer rows than the {self._n} committed")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> VolumeStore:
@@ -125,30 +141,51 @@ class VolumeStore:
         """Read rows ``indices`` into ``out`` and return it (no allocation per call).
 
         Each volume is one chunk: it is decoded straight into ``out`` (float32 store, or
-        ``out`` of the store's dtype) or into one reused scratch volume and upcast (float16 store;
-        through torch when it is already imported, ~3x faster than numpy's cast).
+        ``out`` of a float store's own dtype) or into one reused scratch volume and converted
+        (float16: upcast; uint8/uint16: ``offset + scale * code``), through torch when it is
+        already imported (~3x faster than numpy's casts). HDF5 checks each volume's checksum.
 
         Args:
             indices: ``B`` row indices (negative ones count from the end).
-            out: ``(B, C, *spatial)`` C-contiguous array, float32 or the store's dtype.
+            out: ``(B, C, *spatial)`` C-contiguous array, float32 (or the dtype of a float16
+                store).
+
+        Raises:
+            StoreError: a volume's bytes on disk are damaged (one line: store, row, subject).
         """
         rows = [self._index(i) for i in indices]
         if out.shape != (len(rows), *self.shape) or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous of shape {(len(rows), *self.shape)}, "
                              f"got {out.shape}")
         ds = self._file()["volumes"]
-        if out.dtype == self.dtype:
+        if out.dtype == self.dtype and not self.encoding.is_integer:
             for k, j in enumerate(rows):
-                ds.read_direct(out, np.s_[j], np.s_[k])
+                self._read_chunk(ds, out, j, k)
             return out
         if out.dtype != np.float32:
-            raise ValueError(f"out must be float32 or {self.dtype}, got {out.dtype}")
-        scratch = np.empty(self.shape, dtype=self.dtype)
-        upcast = _upcaster()
+            allowed = "float32" + ("" if self.encoding.is_integer else f" or {self.dtype}")
+            raise ValueError(f"out must be {allowed}, got {out.dtype}")
+        scratch = np.empty((1, *self.shape), dtype=self.dtype)
         for k, j in enumerate(rows):
-            ds.read_direct(scratch, np.s_[j])
-            upcast(out[k], scratch)
+            self._read_chunk(ds, scratch, j, 0)
+            if self._scale is None:
+                decode_into(out[k], scratch[0], 1.0, 0.0)
+            else:
+                decode_into(out[k], scratch[0], self._scale[j], self._offset[j])
         return out
+
+    def _read_chunk(self, ds: h5py.Dataset, dest: np.ndarray, row: int, k: int) -> None:
+        try:
+            ds.read_direct(dest, np.s_[row], np.s_[k])
+        except (OSError, RuntimeError) as exc:
+            raise damage.read_error(self.path, row, self.describe_row(row), exc,
+                                    self.checksums) from None
+
+    def describe_row(self, row: int) -> str:
+        """``"subject 'x' session 'y'"`` of a row, for messages."""
+        sub = self.meta["subject_id"][row]
+        ses = self.meta["session"][row] if "session" in self.meta else ""
+        return f"subject '{sub}'" + (f" session '{ses}'" if ses else "")
 
     # -- metadata --------------------------------------------------------------------------
     def _column(self, name: str) -> np.ndarray:
@@ -213,18 +250,6 @@ def _decode_in_blocks(ds: h5py.Dataset, n: int, block: int = 65536) -> list[str]
     for start in range(0, n, block):
         out += schema.decode_strings(ds[start:min(n, start + block)]).tolist()
     return out
-
-
-def _upcaster():
-    """``copy(dst_f32, src)``: torch's cast when torch is loaded already, else numpy's."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return lambda dst, src: np.copyto(dst, src)
-
-    def copy(dst: np.ndarray, src: np.ndarray) -> None:
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
-
-    return copy
 
 
 def summarize(values: np.ndarray, spec: ColumnSpec) -> Mapping[str, Any]:

@@ -1,15 +1,21 @@
 """The on-disk layout of an ssltk volume store: names, column kinds, codecs and limits.
 
-Layout of a store file (format ``ssltk-volume-store``, version 1)::
+Layout of a store file (format ``ssltk-volume-store``, version 2; version 1 stores, without
+``/encoding``, checksums and ``encoding``/``max_abs_error`` attrs, are read as before)::
 
-    /volumes            (N, C, *spatial) float16|float32, one chunk per volume, resizable along N
+    /volumes            (N, C, *spatial) float16|float32|uint8|uint16, one chunk per volume,
+                        resizable along N, Fletcher-32 checksum per chunk
+    /encoding/scale     (N,) float64, integer dtypes only: volume = offset + scale * codes
+    /encoding/offset    (N,) float64
+    /encoding/error     (N,) float64 max abs error of each stored volume
     /meta/<column>      (N,) one dataset per column; attrs kind, unit, description
                         id / categorical: fixed-width UTF-8 strings ("" = missing)
                         continuous: float64 (NaN = missing)
     /sources/path       (N,) fixed-width UTF-8 path of the source file ("" = none)
     /sources/sha256     (N,) hex SHA-256 of the source file ("" = none)
-    root attrs          format, version, shape, spatial_dims, dtype, compression, spacing,
-                        orientation, preprocessing (JSON), ssltk_version, created, committed
+    root attrs          format, version, shape, spatial_dims, dtype, encoding (JSON),
+                        compression, spacing, orientation, preprocessing (JSON),
+                        ssltk_version, created, committed, max_abs_error
 
 Rows at index ``>= committed`` are an unfinished batch of an interrupted writer: readers ignore
 them and :meth:`StoreWriter.resume` overwrites them.
@@ -33,9 +39,8 @@ import numpy as np
 from ssltk.errors import SsltkError
 
 FORMAT = "ssltk-volume-store"
-VERSION = 1
+VERSION = 2  # 2: integer encodings (/encoding), Fletcher-32 checksums, max_abs_error
 KINDS = ("id", "categorical", "continuous")
-DTYPES = ("float16", "float32")
 COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 ID_WIDTH = 255  # bytes of UTF-8 per id / categorical value
@@ -51,6 +56,12 @@ def row_chunks(dtype: np.dtype | str) -> tuple[int]:
 
 class StoreError(SsltkError):
     """A store cannot be created, opened, written or read as asked (one-line message)."""
+
+
+class StoreArgumentError(StoreError):
+    """An invalid option for a store (dtype, tolerance, codec): a usage error, exit code 2."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ def h5_compression(name: str) -> dict[str, Any]:
         return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     if name == "none":
         return {}
-    raise StoreError(f"compression '{name}' is not one of {', '.join(COMPRESSIONS)}")
+    raise StoreArgumentError(f"compression '{name}' is not one of {', '.join(COMPRESSIONS)}")
 
 
 def column_dtype(spec: ColumnSpec) -> np.dtype:

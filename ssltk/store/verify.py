@@ -11,7 +11,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ssltk.store import schema
+from ssltk.store import damage, schema
 from ssltk.store.ingest_common import sha256_file
 from ssltk.store.reader import VolumeStore, summarize
 from ssltk.store.writer import _open_h5, _row_datasets
@@ -23,16 +23,21 @@ def store_info(path: str | Path) -> dict[str, Any]:
     """Everything ``ssltk store info`` shows, as a JSON-able dict.
 
     Keys: path, format, version, rows (committed), uncommitted (rows of an interrupted batch),
-    shape, spatial_dims, dtype, compression, spacing, orientation, size_bytes,
-    bytes_per_volume, preprocessing, ssltk_version, created, columns (name -> kind, unit,
+    shape, spatial_dims, dtype, encoding (how volumes are stored, with its error bound),
+    max_abs_error (largest error of a stored volume), checksums, compression, spacing,
+    orientation, size_bytes, bytes_per_volume, preprocessing, ssltk_version, created,
+    writer (pid and host of a writer holding the store, else None), columns (name -> kind, unit,
     description and summary statistics: count/missing/mean/std/min/max for continuous
     columns, counts per category for categorical ones, number of unique values for ids).
     """
+    from ssltk.store.lock import read_holder
+
     path = Path(path)
     store = VolumeStore.open(path)
     attrs = store.attrs
     with _open_h5(path, "r") as f:
         extent = int(f["volumes"].shape[0])
+    encoding = attrs.get("encoding") or store.encoding.record()
     size = path.stat().st_size
     columns = {}
     for name, spec in store.columns.items():
@@ -42,7 +47,9 @@ def store_info(path: str | Path) -> dict[str, Any]:
         "path": str(path), "format": attrs.get("format"), "version": attrs.get("version"),
         "rows": len(store), "uncommitted": max(0, extent - len(store)),
         "shape": list(store.shape), "spatial_dims": store.spatial_dims,
-        "dtype": str(store.dtype), "compression": attrs.get("compression"),
+        "dtype": str(store.dtype), "encoding": encoding,
+        "max_abs_error": attrs.get("max_abs_error"), "checksums": store.checksums,
+        "compression": attrs.get("compression"), "writer": read_holder(path),
         "spacing": list(attrs["spacing"]) if attrs.get("spacing") else None,
         "orientation": attrs.get("orientation"), "size_bytes": size,
         "bytes_per_volume": size / len(store) if len(store) else None,
@@ -80,18 +87,30 @@ class _Stop(Exception):
     """Internal: the structure is too broken to check rows."""
 
 
-def _check_volumes(store: VolumeStore, result: VerifyResult) -> None:
+def _check_volumes(store: VolumeStore, f: h5py.File, result: VerifyResult) -> None:
+    """Every committed volume: checksum of its stored bytes (when the store has them), then
+    decoded and finite."""
+    ds = f["volumes"]
+    if not ds.fletcher32:
+        result.notes.append("no per-volume checksums (store written before ssltk added them): "
+                            "damage that still decompresses cannot be detected; re-create the "
+                            "store with 'ssltk ingest' to add them")
     buf = np.empty((1, *store.shape), dtype=np.float32)
     for i in range(len(store)):
+        who = store.describe_row(i)
+        if damage.chunk_checksum_ok(ds, i) is False:
+            result.problems.append(f"row {i} ({who}): checksum mismatch, the stored volume is "
+                                   f"damaged on disk")
+            continue
         try:
             store.read_into([i], buf)
-        except (OSError, ValueError, RuntimeError) as exc:
-            result.problems.append(f"row {i}: volume unreadable ({exc})")
+        except schema.StoreError:
+            result.problems.append(f"row {i} ({who}): the stored volume cannot be decoded, the "
+                                   f"file is damaged on disk")
             continue
         bad = int((~np.isfinite(buf)).sum())
         if bad:
-            result.problems.append(f"row {i} (subject '{store.meta['subject_id'][i]}'): "
-                                   f"{bad} NaN/Inf values")
+            result.problems.append(f"row {i} ({who}): {bad} NaN/Inf values")
 
 
 def _check_rows(store: VolumeStore, rehash: bool, result: VerifyResult) -> None:
@@ -116,8 +135,9 @@ def _check_rows(store: VolumeStore, rehash: bool, result: VerifyResult) -> None:
 
 
 def verify_store(path: str | Path, rehash: bool = False) -> VerifyResult:
-    """Check a store: structure, committed counter vs dataset sizes, every volume readable
-    and finite, unique (subject, session), a hash for every source file.
+    """Check a store: structure, committed counter vs dataset sizes, every volume's checksum
+    (stores written with them), every volume decodable and finite, unique (subject, session),
+    a hash for every source file.
 
     Args:
         path: the store.
@@ -127,18 +147,19 @@ def verify_store(path: str | Path, rehash: bool = False) -> VerifyResult:
     result = VerifyResult()
     try:
         store = VolumeStore.open(path)
-    except (schema.StoreError, OSError, KeyError, ValueError) as exc:
-        result.problems.append(f"cannot open {path}: {exc}")
+    except schema.StoreError as exc:
+        result.problems.append(str(exc))
         return result
     result.rows = len(store)
     try:
         with _open_h5(path, "r") as f:
             _check_sizes(f, len(store), result)
-    except _Stop:
-        return result
-    try:
-        _check_volumes(store, result)
+            _check_volumes(store, f, result)
         _check_rows(store, rehash, result)
+    except _Stop:
+        pass
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        result.problems.append(str(damage.structure_error(path, exc)))
     finally:
         store.close()
     return result

@@ -11,11 +11,17 @@ Two HDF5 settings make that hold (both checked by a kill -9 test):
   chunk rewritten with a new size) is never reused before the next flush, so the last flushed
   state on disk is never overwritten by newer data;
 * no variable-length strings (see :mod:`ssltk.store.schema`).
+
+Every dataset carries HDF5's Fletcher-32 checksum per chunk (one chunk = one volume), checked by
+HDF5 on every read. One writer at a time: :mod:`ssltk.store.lock`. A full disk is detected
+before HDF5 writes a batch (the space is reserved first, see :meth:`StoreWriter.flush`), so it
+stops the writer with the committed rows intact instead of leaving a truncated file.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -27,18 +33,19 @@ import h5py
 import numpy as np
 
 from ssltk import __version__
-from ssltk.store import schema
+from ssltk.store import damage, lock, schema
 from ssltk.store._h5 import _open_h5, decode_attrs
+from ssltk.store.encoding import Encoded, Encoding, encode
 from ssltk.store.schema import ColumnSpec, StoreError
 
 log = logging.getLogger(__name__)
 
 
 def _create_layout(f: h5py.File, shape: tuple[int, ...], columns: dict[str, ColumnSpec],
-                   dtype: str, compression: str) -> None:
-    f.create_dataset("volumes", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                     chunks=(1, *shape), **schema.h5_compression(compression))
-    small = {"maxshape": (None,), "compression": "gzip", "shuffle": True}
+                   enc: Encoding, compression: str) -> None:
+    f.create_dataset("volumes", shape=(0, *shape), maxshape=(None, *shape), dtype=enc.dtype,
+                     chunks=(1, *shape), fletcher32=True, **schema.h5_compression(compression))
+    small = {"maxshape": (None,), "compression": "gzip", "shuffle": True, "fletcher32": True}
     meta = f.create_group("meta")
     for name, spec in columns.items():
         dt = schema.column_dtype(spec)
@@ -52,14 +59,17 @@ def _create_layout(f: h5py.File, shape: tuple[int, ...], columns: dict[str, Colu
     for name, width in (("path", schema.PATH_WIDTH), ("sha256", schema.SHA_WIDTH)):
         sources.create_dataset(name, shape=(0,), dtype=f"S{width}",
                                chunks=schema.row_chunks(f"S{width}"), **small)
+    if enc.is_integer:  # per-volume decoding: x = offset + scale * code
+        group = f.create_group("encoding")
+        for name, dt in (("scale", "f8"), ("offset", "f8"), ("error", "f8")):
+            group.create_dataset(name, shape=(0,), dtype=dt, chunks=schema.row_chunks(dt),
+                                 **small)
 
 
-def _check_create_args(shape: Sequence[int], columns: Mapping[str, ColumnSpec], dtype: str,
+def _check_create_args(shape: Sequence[int], columns: Mapping[str, ColumnSpec],
                        compression: str, spacing: Sequence[float] | None) -> dict[str, ColumnSpec]:
     if len(shape) not in (3, 4) or any(int(s) < 1 for s in shape):
         raise StoreError(f"shape {tuple(shape)} must be (C, H, W) or (C, D, H, W) with sizes >= 1")
-    if dtype not in schema.DTYPES:
-        raise StoreError(f"dtype '{dtype}' is not one of {', '.join(schema.DTYPES)}")
     schema.h5_compression(compression)
     if spacing is not None and len(spacing) != len(shape) - 1:
         raise StoreError(f"spacing {tuple(spacing)} needs one value per spatial axis "
@@ -91,10 +101,14 @@ class StoreWriter:
         self.columns = schema.columns_from_json(schema.get_str_attr(h5.attrs, "columns"))
         self.shape = tuple(int(s) for s in h5["volumes"].shape[1:])
         self.dtype = str(h5["volumes"].dtype)
+        rec = schema.get_str_attr(h5.attrs, "encoding")
+        self.encoding = Encoding.from_record(json.loads(rec) if rec else None, self.dtype)
         self.committed = int(h5.attrs["committed"])
-        self._buffer: list[tuple[np.ndarray, dict[str, Any], tuple[str, str]]] = []
+        self.max_abs_error = float(h5.attrs.get("max_abs_error", 0.0))
+        self._buffer: list[tuple[Encoded, dict[str, Any], tuple[str, str]]] = []
         self._keys = self._committed_keys()
         self._pending: set[tuple[str, str]] = set()
+        self._failed = False
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -102,54 +116,47 @@ class StoreWriter:
                columns: Mapping[str, ColumnSpec], dtype: str = "float16",
                compression: str = "zstd", spacing: Sequence[float] | None = None,
                preprocessing: Mapping[str, Any] | None = None, overwrite: bool = False,
-               flush_every: int = 16, orientation: str = "RAS") -> StoreWriter:
+               flush_every: int = 16, orientation: str = "RAS",
+               max_error: float | None = None) -> StoreWriter:
         """Create a new store (atomically: built as ``<path>.tmp`` and renamed).
 
         Args:
             path: the ``.h5`` file to create.
             shape: ``(C, *spatial)`` of every volume, 2D or 3D.
             columns: metadata columns; ``subject_id`` (kind id) is added when absent.
-            dtype: on-disk dtype of volumes, ``float16`` (default) or ``float32``.
+            dtype: how volumes are stored: ``float16`` (default here; ``ssltk ingest`` defaults
+                to ``auto``), ``float32``, ``uint8``/``uint16`` (per-volume scale and offset) or
+                ``auto`` (see :mod:`ssltk.store.encoding`).
             compression: ``zstd`` (default), ``lz4``, ``gzip`` or ``none``.
             spacing: voxel size in mm per spatial axis, when known.
             preprocessing: JSON-able description of how volumes were made (root attr).
             overwrite: replace an existing file instead of raising.
             flush_every: rows buffered between two commits.
             orientation: axis codes of the volumes (``RAS`` after ``ssltk ingest nifti``).
+            max_error: integer storage: max abs error as a fraction of each volume's range.
 
         Raises:
             StoreError: the file exists (and not ``overwrite``) or an argument is invalid.
+            StoreLockedError: another process is writing ``path``.
         """
         path = Path(path)
-        cols = _check_create_args(shape, columns, dtype, compression, spacing)
-        if path.exists() and not overwrite:
-            raise StoreError(f"{path} already exists; resume it, choose another path or "
-                             f"overwrite it (--overwrite)")
+        enc = Encoding.resolve(dtype, max_error)
+        cols = _check_create_args(shape, columns, compression, spacing)
         try:
             prep = json.dumps(dict(preprocessing or {}), sort_keys=True)
         except TypeError as exc:
             raise StoreError(f"preprocessing must be JSON-able: {exc}") from None
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        with _open_h5(tmp, "w", fs_strategy="none") as f:
-            _create_layout(f, tuple(int(s) for s in shape), cols, dtype, compression)
-            a = f.attrs
-            schema.set_str_attr(a, "format", schema.FORMAT)
-            a["version"] = schema.VERSION
-            a["shape"] = np.asarray(shape, dtype=np.int64)
-            a["spatial_dims"] = len(shape) - 1
-            schema.set_str_attr(a, "dtype", dtype)
-            schema.set_str_attr(a, "compression", compression)
-            if spacing is not None:
-                a["spacing"] = np.asarray(spacing, dtype=np.float64)
-            schema.set_str_attr(a, "orientation", orientation)
-            schema.set_str_attr(a, "preprocessing", prep)
-            schema.set_str_attr(a, "columns", schema.columns_to_json(cols))
-            schema.set_str_attr(a, "ssltk_version", __version__)
-            schema.set_str_attr(a, "created", _dt.datetime.now(_dt.timezone.utc).isoformat())
-            a["committed"] = 0
-        os.replace(tmp, path)
-        return cls(path, _open_h5(path, "r+"), flush_every)
+        lock.acquire(path)
+        try:
+            if path.exists() and not overwrite:
+                raise StoreError(f"{path} already exists; resume it, choose another path or "
+                                 f"overwrite it (--overwrite)")
+            _build(path, tuple(int(s) for s in shape), cols, enc, compression, spacing,
+                   orientation, prep)
+            return cls(path, _open_h5(path, "r+"), flush_every)
+        except BaseException:
+            lock.release(path)
+            raise
 
     @classmethod
     def resume(cls, path: str | os.PathLike, flush_every: int = 16) -> StoreWriter:
@@ -158,21 +165,40 @@ class StoreWriter:
         Rows past the committed counter (an unfinished batch) are dropped.
 
         Raises:
-            StoreError: the file is missing, not a store, or open in another process.
+            StoreError: the file is missing, not a store, damaged, truncated.
+            StoreLockedError: another process is writing it.
         """
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"{path} does not exist; create the store first")
-        h5 = _open_h5(path, "r+")
+        lock.acquire(path)
+        try:
+            h5 = _open_h5(path, "r+")
+            try:
+                return cls._resumed(path, h5, flush_every)
+            except BaseException:
+                h5.close()
+                raise
+        except BaseException:
+            lock.release(path)
+            raise
+
+    @classmethod
+    def _resumed(cls, path: Path, h5: h5py.File, flush_every: int) -> StoreWriter:
         if schema.get_str_attr(h5.attrs, "format") != schema.FORMAT:
-            h5.close()
             raise StoreError(f"{path} is not an ssltk volume store (no format attribute)")
-        n = int(h5.attrs["committed"])
-        for ds in _row_datasets(h5):
-            if ds.shape[0] != n:
-                ds.resize(n, axis=0)
-        h5.flush()
-        return cls(path, h5, flush_every)
+        try:
+            n = int(h5.attrs["committed"])
+            for ds in _row_datasets(h5):
+                if ds.shape[0] != n:
+                    ds.resize(n, axis=0)
+            h5.flush()
+            return cls(path, h5, flush_every)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise damage.structure_error(path, exc) from None
+        except OSError as exc:
+            raise damage.write_error(path, exc, 0) if damage.is_disk_error(exc) else \
+                damage.structure_error(path, exc) from None
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -215,15 +241,18 @@ class StoreWriter:
         Raises:
             StoreError: wrong shape, NaN/Inf or out-of-range values, unknown column,
                 duplicate ``(subject_id, session)``.
+            StoreWriteError: committing the batch failed (disk full...): the writer is done.
         """
+        if self._failed:
+            raise StoreError(f"{self.path}: an earlier write failed; re-run to resume")
         row, key = self._check_meta(meta)
-        vol = self._check_volume(np.asarray(volume), key)
+        encoded = self._check_volume(np.asarray(volume), key)
         src = ("", "")
         if source is not None:
             src = (str(source.get("path", "")), str(source.get("sha256", "")))
             schema.encode_str(src[0], schema.PATH_WIDTH, "source path")
             schema.encode_str(src[1], schema.SHA_WIDTH, "source sha256")
-        self._buffer.append((vol, row, src))
+        self._buffer.append((encoded, row, src))
         self._pending.add(key)
         if len(self._buffer) >= self.flush_every:
             self.flush()
@@ -245,33 +274,57 @@ class StoreWriter:
                 schema.encode_str(row[c], schema.ID_WIDTH, f"value of column '{c}'")
         return row, key
 
-    def _check_volume(self, vol: np.ndarray, key: tuple[str, str]) -> np.ndarray:
+    def _check_volume(self, vol: np.ndarray, key: tuple[str, str]) -> Encoded:
         who = f"subject '{key[0]}'" + (f" session '{key[1]}'" if key[1] else "")
         if vol.shape != self.shape:
             raise StoreError(f"volume of {who} has shape {vol.shape}, the store holds "
                              f"{self.shape} (C, *spatial); resample or crop it first")
-        if not np.issubdtype(vol.dtype, np.number):
-            raise StoreError(f"volume of {who} has dtype {vol.dtype}; give numbers")
+        if not np.issubdtype(vol.dtype, np.number) or np.iscomplexobj(vol):
+            raise StoreError(f"volume of {who} has dtype {vol.dtype}; give real numbers")
         if not np.isfinite(vol).all():
             raise StoreError(f"volume of {who} has NaN or Inf values; fix the source image")
-        if self.dtype == "float16" and vol.size:
-            peak = float(np.abs(vol).max())
-            if peak > schema.FLOAT16_MAX:
-                raise StoreError(f"volume of {who} has values up to {peak:g}, beyond float16's "
-                                 f"{schema.FLOAT16_MAX:g}; normalise intensities first "
-                                 f"(--normalize percentile) or use dtype float32")
-        return vol.astype(self.dtype, copy=True)
+        try:
+            return encode(vol, self.encoding)
+        except StoreError as exc:
+            raise StoreError(f"volume of {who} has {exc}") from None
 
     def flush(self) -> None:
-        """Write the buffered rows, flush + fsync, then bump ``committed`` (crash-safe order)."""
-        if not self._buffer:
+        """Commit the buffered rows, crash-safely and full-disk-safely.
+
+        Order: reserve disk space for the batch (so a full disk stops us before HDF5 writes
+        anything), write the rows, flush + fsync, then bump ``committed`` (and
+        ``max_abs_error``) in place and flush again. A failure leaves the committed rows as
+        they were and stops the writer.
+
+        Raises:
+            StoreWriteError: the disk is full, over quota or failing.
+        """
+        if not self._buffer or self._failed:
             return
+        try:
+            self._reserve(_batch_bytes(self._buffer, len(self.columns)))
+            self._write_rows()
+        except (OSError, RuntimeError) as exc:
+            self._failed = True
+            if isinstance(exc, OSError) or damage.is_disk_error(exc):
+                raise damage.write_error(self.path, exc, self.committed) from None
+            raise
+        self.committed += len(self._buffer)
+        self._keys |= {(row["subject_id"], row.get("session", "")) for _, row, _ in self._buffer}
+        self._pending.clear()
+        self._buffer.clear()
+        log.debug("committed %d rows to %s", self.committed, self.path)
+
+    def _write_rows(self) -> None:
         n, b = self.committed, len(self._buffer)
         for ds in _row_datasets(self._h5):
             ds.resize(n + b, axis=0)
         vols = self._h5["volumes"]
-        for k, (vol, _, _) in enumerate(self._buffer):
-            vols[n + k] = vol  # one chunk per volume
+        for k, (enc, _, _) in enumerate(self._buffer):
+            vols[n + k] = enc.codes  # one chunk per volume
+        if self.encoding.is_integer:
+            for name in ("scale", "offset", "error"):
+                self._h5[f"encoding/{name}"][n:] = [getattr(e, name) for e, _, _ in self._buffer]
         for c, spec in self.columns.items():
             values = [row[c] for _, row, _ in self._buffer]
             if spec.is_string:
@@ -284,13 +337,39 @@ class StoreWriter:
         shas = [s.encode() for _, _, (_, s) in self._buffer]
         self._h5["sources/sha256"][n:] = np.array(shas, dtype=f"S{schema.SHA_WIDTH}")
         self._sync()
-        self._h5.attrs["committed"] = n + b  # readers see the new rows only from here on
+        self._trim()
+        worst = max([self.max_abs_error] + [e.error for e, _, _ in self._buffer])
+        # In place (same size): no new file space, so this cannot run out of disk.
+        self._h5.attrs.modify("max_abs_error", worst)
+        self._h5.attrs.modify("committed", n + b)  # readers see the new rows only from here on
         self._sync()
-        self.committed = n + b
-        self._keys |= {(row["subject_id"], row.get("session", "")) for _, row, _ in self._buffer}
-        self._pending.clear()
-        self._buffer.clear()
-        log.debug("committed %d rows to %s", self.committed, self.path)
+        self.max_abs_error = worst
+
+    def _reserve(self, nbytes: int) -> None:
+        """Allocate ``nbytes`` past HDF5's end of file, or raise ENOSPC before any write.
+
+        HDF5 appends the batch there (free-space strategy ``none``); :meth:`_trim` gives back
+        what the batch did not use.
+        """
+        try:
+            fd = self._h5.id.get_vfd_handle()
+            os.posix_fallocate(fd, self._h5.id.get_filesize(), nbytes)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.ENODEV):
+                return  # a file system without preallocation: best effort
+            raise
+        except (TypeError, ValueError, AttributeError):  # a driver without a file descriptor
+            return
+
+    def _trim(self) -> None:
+        """Cut the unused part of the reservation (HDF5 does not: it never saw it)."""
+        try:
+            fd = self._h5.id.get_vfd_handle()
+            used = self._h5.id.get_filesize()
+            if os.fstat(fd).st_size > used:
+                os.ftruncate(fd, used)
+        except (OSError, TypeError, ValueError, AttributeError):
+            pass  # only costs the unused space
 
     def _sync(self) -> None:
         self._h5.flush()
@@ -300,13 +379,28 @@ class StoreWriter:
             pass
 
     def close(self) -> None:
-        """Commit the buffered rows and close the file (idempotent)."""
-        if self._h5 is None or not self._h5.id.valid:
+        """Commit the buffered rows and close the file (idempotent); releases the write lock.
+
+        After a failed write, the buffered rows are dropped (a re-run redoes them).
+        """
+        if self._h5 is None:
             return
         try:
-            self.flush()
+            if self._h5.id.valid and not self._failed:
+                self.flush()
         finally:
+            self._close_file()
+            self._h5 = None
+            lock.release(self.path)
+
+    def _close_file(self) -> None:
+        if not self._h5.id.valid:
+            return
+        try:
             self._h5.close()
+        except (OSError, RuntimeError):
+            if not self._failed:
+                raise
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -315,8 +409,50 @@ class StoreWriter:
         self.close()
 
 
+def _build(path: Path, shape: tuple[int, ...], cols: dict[str, ColumnSpec], enc: Encoding,
+           compression: str, spacing: Sequence[float] | None, orientation: str,
+           prep: str) -> None:
+    """Write an empty store as ``<path>.tmp`` and rename it to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        with _open_h5(tmp, "w", fs_strategy="none") as f:
+            _create_layout(f, shape, cols, enc, compression)
+            a = f.attrs
+            schema.set_str_attr(a, "format", schema.FORMAT)
+            a["version"] = schema.VERSION
+            a["shape"] = np.asarray(shape, dtype=np.int64)
+            a["spatial_dims"] = len(shape) - 1
+            schema.set_str_attr(a, "dtype", enc.dtype)
+            schema.set_str_attr(a, "encoding", json.dumps(enc.record()))
+            schema.set_str_attr(a, "compression", compression)
+            if spacing is not None:
+                a["spacing"] = np.asarray(spacing, dtype=np.float64)
+            schema.set_str_attr(a, "orientation", orientation)
+            schema.set_str_attr(a, "preprocessing", prep)
+            schema.set_str_attr(a, "columns", schema.columns_to_json(cols))
+            schema.set_str_attr(a, "ssltk_version", __version__)
+            schema.set_str_attr(a, "created", _dt.datetime.now(_dt.timezone.utc).isoformat())
+            a["committed"] = np.int64(0)
+            a["max_abs_error"] = np.float64(0.0)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise damage.write_error(path, exc, 0) from None
+
+
+def _batch_bytes(buffer: list, n_columns: int) -> int:
+    """Generous upper bound of the file growth of one batch: raw volumes (codecs never
+    expand them by more than their headers), one rewritten 64 KiB chunk per row dataset and
+    per flush, HDF5's metadata."""
+    volumes = sum(e.codes.nbytes + 1024 for e, _, _ in buffer)
+    return volumes + 2 * (n_columns + 6) * (schema.META_CHUNK_BYTES + 4096) + (1 << 20)
+
+
 def _row_datasets(h5: h5py.File) -> list[h5py.Dataset]:
-    """Every dataset indexed by row: volumes, meta columns, sources."""
+    """Every dataset indexed by row: volumes, meta columns, sources, per-volume encoding."""
     out = [h5["volumes"], h5["sources/path"], h5["sources/sha256"]]
-    out += [ds for ds in h5["meta"].values() if isinstance(ds, h5py.Dataset)]
+    for group in ("meta", "encoding"):
+        if group in h5:
+            out += [ds for ds in h5[group].values() if isinstance(ds, h5py.Dataset)]
     return out

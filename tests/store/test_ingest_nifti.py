@@ -54,15 +54,18 @@ def test_mni_round_trip_native_grid(mni_bids, tmp_path):
     for row, src in enumerate(store.sources):
         data = nib.load(src["path"]).get_fdata().astype(np.float32)
         expected = _centre(_percentile01(data), (64, 72, 64))
-        np.testing.assert_allclose(store[row][0], expected, atol=1e-3)  # float16 tolerance
+        # --dtype auto (default): uint8 codes, |error| <= 1/128 of each volume's range ([0, 1])
+        np.testing.assert_allclose(store[row][0], expected, atol=1 / 128 + 1e-6)
         assert src["sha256"] == hashlib.sha256(open(src["path"], "rb").read()).hexdigest()
     assert store.attrs["preprocessing"]["normalize"] == "percentile"
+    assert store.dtype == np.uint8 and store.attrs["encoding"]["requested"] == "auto"
+    assert 0 < store.attrs["max_abs_error"] <= 1 / 128 + 1e-6
 
 
 def test_mni_resampled_matches_nibabel(mni_bids, tmp_path):
     out = tmp_path / "mni4.h5"
     ingest_nifti(mni_bids, out, options=NiftiOptions(shape=(56, 56, 40), spacing=4.0),
-                 pattern="sub-02/anat/*.nii", compression="lz4")
+                 pattern="sub-02/anat/*.nii", compression="lz4", dtype="float16")
     img = nib.load(mni_bids / "sub-02/anat/sub-02_T1w.nii")
     # 2 mm -> 4 mm keeping the first voxel centre: (n - 1) * 2 / 4 + 1 voxels per axis
     grid = tuple((n - 1) // 2 + 1 for n in img.shape)
@@ -219,7 +222,15 @@ def test_values_beyond_float16_need_normalising(flat_dir, tmp_path):
              flat_dir / "huge.nii.gz")
     with pytest.raises(IngestError, match="huge.nii.gz: .*beyond float16.*--normalize percentile"):
         ingest_nifti(flat_dir, tmp_path / "o.h5", options=NiftiOptions(normalize="none"),
-                     pattern="huge.nii.gz")
+                     pattern="huge.nii.gz", dtype="float16")
+    # integer storage has no such limit: the scale absorbs the range
+    ingest_nifti(flat_dir, tmp_path / "u.h5", options=NiftiOptions(normalize="none"),
+                 pattern="huge.nii.gz", dtype="uint16")
+    stored = VolumeStore.open(tmp_path / "u.h5")[0][0]
+    raw = nib.load(flat_dir / "huge.nii.gz").get_fdata(dtype=np.float32)
+    span = float(raw.max() - raw.min())
+    rounding = 4 * np.spacing(np.float32(np.abs(raw).max()))  # float32 decode arithmetic
+    assert np.abs(stored.astype(np.float64) - raw).max() <= span / 131068 + rounding
 
 
 @pytest.mark.slow

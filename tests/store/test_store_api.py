@@ -54,7 +54,7 @@ def test_columns_attrs_sources(small_store, columns):
     assert store.columns["diagnosis"].description == "clinical label"
     assert list(store.columns) == ["subject_id", *columns]
     attrs = store.attrs
-    assert attrs["format"] == FORMAT and attrs["version"] == 1
+    assert attrs["format"] == FORMAT and attrs["version"] == 2
     assert attrs["shape"] == (1, 8, 8, 8) and attrs["spacing"] == (2.0, 2.0, 2.0)
     assert attrs["preprocessing"] == {"normalize": "percentile"}
     assert attrs["orientation"] == "RAS" and attrs["ssltk_version"] and attrs["created"]
@@ -190,5 +190,5 @@ def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="not an ssltk volume store"):
         VolumeStore.open(tmp_path / "other.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="junk.h5 is a 15-byte file that is not HDF5"):
         VolumeStore.open(tmp_path / "junk.h5")

@@ -32,7 +32,9 @@ def test_ingest_nifti_info_verify(cli, flat_dir, tmp_path):
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     assert info["rows"] == 4 and info["shape"] == [1, 12, 20, 16]
-    assert info["dtype"] == "float16" and info["compression"] == "lz4"
+    assert info["dtype"] == "uint8" and info["compression"] == "lz4" and info["checksums"]
+    assert info["encoding"]["requested"] == "auto" and info["encoding"]["bound"] == 1 / 128
+    assert 0 <= info["max_abs_error"] <= 1 / 128 and info["writer"] is None
     assert info["size_bytes"] == out.stat().st_size
     age = info["columns"]["age"]
     assert (age["kind"], age["count"], age["missing"]) == ("continuous", 3, 1)
@@ -94,7 +96,7 @@ def test_verify_catches_corruption(cli, small_store):
     res = cli("store", "verify", small_store)
     assert res.exit_code == 1
     out = res.output
-    assert "row 2 (subject 's1'): 512 NaN/Inf values" in out
+    assert "row 2 (subject 's1' session '0'): 512 NaN/Inf values" in out
     assert "subject 's2' session '0' appears in 2 rows" in out
     assert "row 1: source /data/s1.nii.gz has no valid sha256" in out
 
@@ -109,6 +111,8 @@ def test_verify_catches_short_datasets(cli, small_store):
 def test_store_commands_on_non_store(cli, tmp_path):
     (tmp_path / "x.h5").write_bytes(b"nope")
     res = cli("store", "info", tmp_path / "x.h5")
-    assert res.exit_code == 1 and res.output.startswith("Error: cannot open")
+    assert res.exit_code == 1 and res.output.startswith("Error: ")
+    assert "x.h5 is a 4-byte file that is not HDF5" in res.output
+    assert len(res.output.strip().splitlines()) == 1
     res = cli("store", "verify", tmp_path / "x.h5")
-    assert res.exit_code == 1 and "cannot open" in res.output
+    assert res.exit_code == 1 and "x.h5 is a 4-byte file that is not HDF5" in res.output
