@@ -14,6 +14,8 @@ from ssltk.store import damage, schema
 
 def _open_h5(path: Path, mode: str, **kwargs: Any) -> h5py.File:
     try:
+        if mode in ("r", "r+") and path.stat().st_size == 0:  # HDF5 opens these in r+ mode
+            raise OSError("file signature not found")
         return h5py.File(path, mode, locking="best-effort", **kwargs)
     except (OSError, BlockingIOError) as exc:
         raise damage.open_error(path, exc) from None
