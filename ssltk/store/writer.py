@@ -443,10 +443,10 @@ def _build(path: Path, shape: tuple[int, ...], cols: dict[str, ColumnSpec], enc:
 
 def _batch_bytes(buffer: list, n_columns: int) -> int:
     """Generous upper bound of the file growth of one batch: raw volumes (codecs never
-    expand them by more than their headers), one rewritten 64 KiB chunk per row dataset and
-    per flush, HDF5's metadata."""
+    expand them by more than their headers), one rewritten 64 KiB chunk per row dataset,
+    HDF5's metadata."""
     volumes = sum(e.codes.nbytes + 1024 for e, _, _ in buffer)
-    return volumes + 2 * (n_columns + 6) * (schema.META_CHUNK_BYTES + 4096) + (1 << 20)
+    return volumes + (n_columns + 6) * (schema.META_CHUNK_BYTES + 4096) + (1 << 18)
 
 
 def _row_datasets(h5: h5py.File) -> list[h5py.Dataset]:
