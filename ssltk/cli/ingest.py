@@ -56,6 +56,12 @@ OnErrorOpt = Annotated[OnError, typer.Option(
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT instead of resuming.")]
 
 
+def _positive(sizes: tuple[int, ...] | None, option: str) -> None:
+    if sizes is not None and min(sizes) < 1:
+        raise typer.BadParameter(f"{' '.join(map(str, sizes))}: every size must be >= 1",
+                                 param_hint=option)
+
+
 def _summary(report) -> None:
     out = console()
     for line in report.warnings:
@@ -96,6 +102,7 @@ def nifti(
     """Ingest NIfTI files (BIDS or flat folder) into a store; re-running resumes."""
     from ssltk.store.ingest_nifti import NiftiOptions, ingest_nifti
 
+    _positive(shape, "--shape")
     options = NiftiOptions(shape=tuple(shape) if shape else None, spacing=spacing,
                            normalize=normalize.value)
     with progress_bar("ingest nifti") as progress:
@@ -127,6 +134,7 @@ def images(
     """Ingest class-per-folder 2D images (grayscale, resized, [0, 1]); re-running resumes."""
     from ssltk.store.ingest_images import ingest_images
 
+    _positive(size, "--size")
     with progress_bar("ingest images") as progress:
         report = ingest_images(src, out, size, dtype=dtype.value, compression=compression.value,
                                on_error=on_error.value, subject_regex=subject_regex,

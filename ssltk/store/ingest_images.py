@@ -26,7 +26,7 @@ from ssltk.store.encoding import Encoding
 from ssltk.store.ingest_common import (IngestError, IngestReport, Item, OnError, Processed,
                                        Progress, dedupe, fail, ingest_lock, open_or_resume,
                                        run_items, sha256_file, write_skip_report)
-from ssltk.store.schema import ColumnSpec
+from ssltk.store.schema import ColumnSpec, StoreArgumentError
 from ssltk.store.writer import StoreWriter
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -133,7 +133,7 @@ def ingest_images(src: str | Path, out: str | Path, size: tuple[int, int],
     size = (int(size[0]), int(size[1]))
     encoding = Encoding.resolve(dtype, max_error)
     if min(size) < 1:
-        raise IngestError(f"--size {size[0]} {size[1]}: give a height and width >= 1")
+        raise StoreArgumentError(f"--size {size[0]} {size[1]}: give a height and width >= 1")
     with ingest_lock(out):
         return _ingest_images(src, out, size, encoding, compression, on_error, subject_regex,
                               overwrite, progress)

@@ -11,7 +11,9 @@ background.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -116,12 +118,15 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
-        shape = tuple(int(n) for n in img.shape)
-        if math.prod(shape) > MAX_VOXELS or min(shape, default=0) < 1:
-            raise ValueError(f"header claims a {'x'.join(map(str, shape))} image")
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        # nibabel fixes some header faults itself and logs each fix on stderr: keep the CLI's
+        # output to its own lines (what it cannot fix still raises).
+        with _quiet(nib.imageglobals.logger):
+            img = nib.load(str(path))
+            shape = tuple(int(n) for n in img.shape)
+            if math.prod(shape) > MAX_VOXELS or min(shape, default=0) < 1:
+                raise ValueError(f"header claims a {'x'.join(map(str, shape))} image")
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # noqa: BLE001  (any failure of a corrupt file is the file's fault)
         first = str(exc).splitlines()[0][:200] if str(exc) else "corrupt"
         raise ValueError(f"cannot read the image ({type(exc).__name__}: {first}); the file "
@@ -139,6 +144,18 @@ def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("its affine (sform/qform) is singular or not finite; fix the header "
                          "(e.g. fslorient) or remove the file")
     return data, affine
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """Silence a logger for a while (its level, not its handlers: without handlers, logging's
+    last-resort handler would print warnings anyway)."""
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def normalize(x: np.ndarray, mode: Normalize) -> np.ndarray:
