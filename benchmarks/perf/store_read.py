@@ -1,5 +1,9 @@
 """Store reads: the ssltk volume store versus nibabel .nii.gz and a raw .npy memmap.
 
+With ``--scans DIR`` (a folder of real NIfTI scans): every store encoding and codec on those
+scans, preprocessed as ``ssltk ingest nifti --shape 96 96 96`` does, side by side with nibabel
+reading float32 ``.nii.gz``/``.nii`` (see ``store_real.py``). Without it, on synthetic volumes:
+
 For each volume shape: random-access read throughput (volumes/s, random order) of the ssltk
 store (float16 + Blosc zstd, the default; float16 + Blosc lz4; float32 uncompressed) side by
 side with nibabel loading the same volumes from .nii.gz and .nii (``get_fdata(float32)``,
@@ -20,6 +24,7 @@ so load spikes hit them alike; the figure is the median over passes.
     python benchmarks/perf/store_read.py                     # 64^3, 96^3, 121x145x121
     python benchmarks/perf/store_read.py --quick             # 64^3 only, 20 volumes, 3 passes
     python benchmarks/perf/store_read.py --sizes 96 121x145x121 --volumes 30
+    python benchmarks/perf/store_read.py --scans DIR         # real scans at 96^3, 15 passes
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from ssltk.data.loading import (  # noqa: E402  (the training loop's reader, the
     make_loader,
 )
 
-STORES = (("float16", "zstd"), ("float16", "lz4"), ("float32", "none"))
+STORES = (("auto", "zstd"), ("float16", "zstd"), ("float16", "lz4"), ("float32", "none"))
 BATCH = 8
 
 
@@ -216,11 +221,13 @@ def read_candidates(files: dict) -> dict[str, Callable[[np.ndarray], int]]:
         "nibabel .nii.gz": nibabel_reader(files["niigz"]),
         "nibabel .nii": nibabel_reader(files["nii"]),
         ".npy memmap, copy one volume": npy_read,
+        "ssltk store auto (uint8, max error 1/128) + zstd (default)":
+            store_getitem(stores["auto+zstd"]),
         "ssltk store float32, uncompressed": store_getitem(stores["float32+none"]),
         "ssltk store float16 + lz4": store_getitem(stores["float16+lz4"]),
-        "ssltk store float16 + zstd (default)": store_getitem(stores["float16+zstd"]),
-        "ssltk store float16 + zstd, read_into reused buffer":
-            store_read_into(stores["float16+zstd"]),
+        "ssltk store float16 + zstd (default before)": store_getitem(stores["float16+zstd"]),
+        "ssltk store auto + zstd, read_into reused buffer":
+            store_read_into(stores["auto+zstd"]),
     }
 
 
@@ -301,15 +308,20 @@ def size_ratios(root: Path, shape, seed: int, masked: bool, k: int) -> dict[str,
     nii = disk_bytes(files["nii"])
     out = {name: nii / disk_bytes(files[key]) for name, key in
            (("nibabel .nii.gz", "niigz"), ("ssltk store float16 + lz4", "float16+lz4"),
-            ("ssltk store float16 + zstd (default)", "float16+zstd"))}
+            ("ssltk store float16 + zstd (default before)", "float16+zstd"),
+            ("ssltk store auto (default)", "auto+zstd"))}
     shutil.rmtree(tmp)
     return out
 
 
 def check(files: dict) -> float:
-    """Max abs difference of the default store's first volume from the float32 original."""
+    """Max abs difference of the float16 store's first volume from the float32 original; the
+    default (auto) store's is checked against its bound (1/128 of the volume's range)."""
     with VolumeStore.open(files["float16+zstd"]) as s:
         err = float(np.abs(s[0] - files["first"]).max())
+    with VolumeStore.open(files["auto+zstd"]) as s:
+        span = float(files["first"].max() - files["first"].min())
+        assert float(np.abs(s[0] - files["first"]).max()) <= span / 128 + 1e-6
     for k in ("float32+none",):
         with VolumeStore.open(files[k]) as s:
             assert np.array_equal(s[0], files["first"]), k
@@ -326,8 +338,8 @@ def bench_size(shape, n, args, root: Path) -> dict:
     t_write = time.perf_counter() - t0
     err = check(files)
     reads = read_candidates(files)
-    loads, loaders = loader_candidates(files["float16+zstd"])
-    raw = "ssltk store float16 + zstd (default)"
+    loads, loaders = loader_candidates(files["auto+zstd"])
+    raw = "ssltk store auto (uint8, max error 1/128) + zstd (default)"
     rates = time_passes({**reads, **loads}, n, args.passes, args.reads, args.seed)
     del loaders  # shuts the persistent workers down
     nii = disk_bytes(files["nii"]) / n
@@ -335,7 +347,9 @@ def bench_size(shape, n, args, root: Path) -> dict:
              ".npy memmap, copy one volume": disk_bytes(files["npy"]) / n,
              "ssltk store float32, uncompressed": disk_bytes(files["float32+none"]) / n,
              "ssltk store float16 + lz4": disk_bytes(files["float16+lz4"]) / n,
-             "ssltk store float16 + zstd (default)": disk_bytes(files["float16+zstd"]) / n}
+             "ssltk store float16 + zstd (default before)": disk_bytes(files["float16+zstd"]) / n,
+             "ssltk store auto (uint8, max error 1/128) + zstd (default)":
+                 disk_bytes(files["auto+zstd"]) / n}
     shutil.rmtree(tmp)
     other = size_ratios(root, shape, args.seed, args.background != "masked", args.size_volumes)
     return {"shape": shape, "other": other, "n": n, "rates": rates, "sizes": sizes, "nii": nii,
@@ -347,7 +361,7 @@ def print_size(r: dict) -> None:
     rates, gz = r["rates"], r["rates"]["nibabel .nii.gz"]
     mb = 4 * math.prod(r["shape"]) / 1e6
     print(f"\n### {label(r['shape'])} ({mb:.1f} MB as float32, {r['n']} volumes; float16 max "
-          f"abs error {r['err']:.1e})\n")
+          f"abs error {r['err']:.1e}; auto: at most 1/128 of each volume's range)\n")
     print("| format | read vol/s | vs nibabel .nii.gz | MB/vol on disk | size vs float32 .nii |")
     print("|---|---|---|---|---|")
     for name in r["reads"]:
@@ -355,7 +369,7 @@ def print_size(r: dict) -> None:
         cells = (f"{size / 1e6:.2f} | {r['nii'] / size:.1f}x smaller" if size else "same file |")
         print(f"| {name} | {rates[name]:.0f} | {rates[name] / gz:.1f}x faster | {cells} |")
     raw = rates[r["raw"]]
-    print(f"\n| batch path (float16 + zstd store) | vol/s | vs plain `store[i]` loop "
+    print(f"\n| batch path (default store) | vol/s | vs plain `store[i]` loop "
           f"({raw:.0f} vol/s) |")
     print("|---|---|---|")
     for name in r["loads"]:
@@ -379,7 +393,15 @@ def main() -> None:
     parser.add_argument("--size-volumes", type=int, default=5,
                         help="volumes of the size check with the other --background")
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temporary folder")
+    parser.add_argument("--scans", type=Path, default=None,
+                        help="folder of real NIfTI scans: compare store encodings on them")
+    parser.add_argument("--scan-shape", type=int, default=96,
+                        help="--scans: pad/crop the preprocessed scans to this cube")
+    parser.add_argument("--scan-spacing", type=float, default=None,
+                        help="--scans: resample to this voxel size in mm (as ingest --spacing)")
     args = parser.parse_args()
+    if args.scans is not None:
+        return main_real(args)
     if args.quick:
         args.sizes, args.volumes, args.passes, args.reads = [(64,) * 3], 20, 3, 40
         args.size_volumes = 3
@@ -410,7 +432,7 @@ def main() -> None:
     for r in results:
         print(f"| {label(r['shape'])} | " + " | ".join(f"{r['other'][k]:.1f}x smaller"
                                                      for k in names) + " |")
-    print("\n| size | store (f16+zstd) vs nibabel .nii.gz | store vs float32 .nii size | "
+    print("\n| size | store (default) vs nibabel .nii.gz | store vs float32 .nii size | "
           "BatchReader vs `store[i]` | make_loader copy=False / 0 / 2 workers vs `store[i]` | "
           "default-collate DataLoader 0 / 2 workers vs `store[i]` |")
     print("|---|---|---|---|---|---|")
@@ -424,6 +446,28 @@ def main() -> None:
               f"{100 * rates['engine BatchReader (batch 8, reused buffer)'] / raw:.0f}% | "
               f"{100 * ml[0]:.0f}% / {100 * ml[1]:.0f}% / {100 * ml[2]:.0f}% | "
               f"{100 * dl[0]:.0f}% / {100 * dl[1]:.0f}% |")
+
+
+def main_real(args: argparse.Namespace) -> None:
+    from store_real import bench_real, print_real  # the sibling script module
+
+    passes = 3 if args.quick else max(args.passes, 15)
+    torch.set_num_threads(1)
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="ssltk_store_real_", dir=args.tmp) as tmp:
+        r = bench_real(args.scans, args.scan_shape, args.scan_spacing, passes, 30, args.seed,
+                       Path(tmp))
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load0:.2f} at start / {os.getloadavg()[0]:.2f} at end, {datetime.date.today()}; "
+          f"torch {torch.__version__} (1 thread), BLOSC_NTHREADS={os.environ['BLOSC_NTHREADS']}, "
+          f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), hdf5plugin "
+          f"{hdf5plugin.version}, nibabel {nib.__version__}, numpy {np.__version__}; warm page "
+          f"cache; median of {passes} passes of 30 random reads (wall clock and CPU time); total "
+          f"{time.perf_counter() - t0:.0f} s")
+    print_real(r, f"python benchmarks/perf/store_read.py --scans DIR --scan-shape "
+                  f"{args.scan_shape}" + (f" --scan-spacing {args.scan_spacing}"
+                                          if args.scan_spacing else "")
+               + (" --quick" if args.quick else ""))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from ssltk.store.schema import FLOAT16_MAX, StoreArgumentError, StoreError
 DTYPES = ("auto", "float32", "float16", "uint8", "uint16")
 INTEGER = {"uint8": 255, "uint16": 65535}  # largest code
 DEFAULT_MAX_ERROR = 1 / 128
-_EXACT = 2.0**-20  # relative deviation still counted as "on the lattice" (float32 rounding)
 
 
 @dataclass(frozen=True)
@@ -68,12 +67,14 @@ class Encoding:
         if dtype not in DTYPES:
             raise StoreArgumentError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
         if max_error is not None and not (math.isfinite(max_error) and 0 <= max_error < 0.5):
-            raise StoreArgumentError(f"max error {max_error} must be a fraction of the intensity range "
-                             f"in [0, 0.5), e.g. 0.0078125 (1/128); 0 keeps the finest grid")
+            raise StoreArgumentError(f"max error {max_error} must be a fraction of the intensity "
+                                     f"range in [0, 0.5), e.g. 0.0078125 (1/128); 0 keeps the "
+                                     f"finest grid")
         if dtype in ("float32", "float16"):
             if max_error is not None:
-                raise StoreArgumentError(f"--max-error applies to integer storage (auto, uint8, uint16), "
-                                 f"not to {dtype}; drop it or choose --dtype auto")
+                raise StoreArgumentError(f"--max-error applies to integer storage (auto, uint8, "
+                                         f"uint16), not to {dtype}; drop it or choose --dtype "
+                                         f"auto")
             return cls(dtype, None, dtype)
         if dtype == "auto":
             tol = DEFAULT_MAX_ERROR if max_error is None else float(max_error)
@@ -123,7 +124,8 @@ class Encoded:
 
 
 def _finest(dtype: str) -> float:
-    """Smallest tolerance of a dtype: a grid of ``levels - 2`` steps (one spare for the 0 anchor)."""
+    """Smallest tolerance of a dtype: a grid of ``levels - 2`` steps (one spare for the zero
+    anchor)."""
     return 1.0 / (2 * (INTEGER[dtype] - 1))
 
 
@@ -153,9 +155,10 @@ def _encode_integer(x: np.ndarray, enc: Encoding) -> Encoded:
     span = hi - lo
     if span == 0:
         return Encoded(np.zeros(x.shape, enc.dtype), 1.0, lo, 0.0)
-    step = max(2 * float(enc.max_error or 0.0) * span, span / (top - 1))
-    lattice = _lattice_step(x, lo, hi, top)
-    if lattice is not None and lattice >= step * (1 - 1e-9):
+    coarsest = 2 * float(enc.max_error or 0.0) * span  # the grid step the tolerance allows
+    step = max(coarsest, span / (top - 1))  # one code spare for the zero anchor
+    lattice = _lattice_step(x, lo, hi, top)  # fits the codes when not None
+    if lattice is not None and lattice >= coarsest * (1 - 1e-9):
         scale, offset = _f32(lattice), lo  # the volume's own grey levels, exactly
     else:
         scale = _f32(step)
@@ -180,18 +183,21 @@ def _lattice_step(x: np.ndarray, lo: float, hi: float, top: int) -> float | None
     if values.size > top + 1:
         return None
     gaps = np.diff(values.astype(np.float64))
-    span, tol = hi - lo, _EXACT * max(abs(lo), abs(hi))
-    # The smallest gap is one step, give or take the float32 rounding of its two ends: try
-    # every step count that rounding allows (a handful), and the count of distinct values.
-    ulp = 2 * float(np.spacing(np.float32(max(abs(lo), abs(hi)))))
+    span = hi - lo
+    # Values are float32: each sits within ~2 ulps of its lattice point. A lattice is only
+    # trusted when that slack is a small fraction (1/8) of its step.
+    ulp = float(np.spacing(np.float32(max(abs(lo), abs(hi)))))
+    tol = 4 * ulp
     s0 = float(gaps.min())
-    if s0 <= 2 * ulp:
-        return None  # steps of a few ulps: float noise, not a lattice
-    counts = range(math.floor(span / (s0 + ulp)), math.ceil(span / (s0 - ulp)) + 1)
+    if s0 < 8 * tol:
+        return None
+    # The smallest gap is one step, give or take the rounding of its two ends: try every step
+    # count that rounding allows (a handful), and the count of distinct values.
+    counts = range(math.floor(span / (s0 + tol)), math.ceil(span / (s0 - tol)) + 1)
     if len(counts) > 64:
         return None
     for n in sorted({values.size - 1, *counts}):
-        if 1 <= n <= top:
+        if 1 <= n <= top and span / n >= 8 * tol:
             step = span / n
             k = np.rint((values - lo) / step)
             if float(np.abs(lo + k * step - values).max()) <= tol:

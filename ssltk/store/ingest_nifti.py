@@ -209,8 +209,8 @@ def preprocess_with_affine(data: np.ndarray, affine: np.ndarray, options: NiftiO
     return np.ascontiguousarray(vol.numpy(), dtype=np.float32), zooms, out_affine
 
 
-def preprocess_nifti(path: str | Path,
-                     options: NiftiOptions = NiftiOptions()) -> tuple[np.ndarray, tuple[float, ...]]:
+def preprocess_nifti(path: str | Path, options: NiftiOptions = NiftiOptions()
+                     ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Load one NIfTI file and preprocess it exactly as ``ssltk ingest nifti`` does.
 
     The single entry point of the ingest preprocessing (also for inference on new scans, which

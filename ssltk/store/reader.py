@@ -51,6 +51,8 @@ class VolumeStore:
                 raise damage.structure_error(self.path, exc) from None
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        self._volumes: h5py.Dataset | None = None  # of this process's handle
+        self._scratch: np.ndarray | None = None  # one stored-dtype volume, reused by reads
         self._sources: list[dict[str, str]] | None = None
 
     def _read_header(self, f: h5py.File) -> None:
@@ -93,18 +95,19 @@ class VolumeStore:
             # A handle inherited through fork belongs to the parent: drop it, open our own.
             self._h5 = _open_read(self.path)
             self._pid = os.getpid()
+            self._volumes = self._h5["volumes"]
         return self._h5
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
+        state["_h5"], state["_pid"], state["_volumes"], state["_scratch"] = None, None, None, None
         return state
 
     def close(self) -> None:
         """Close this process's handle (reopened on next access)."""
         if self._h5 is not None and self._pid == os.getpid() and self._h5.id.valid:
             self._h5.close()
-        self._h5, self._pid = None, None
+        self._h5, self._pid, self._volumes = None, None, None
 
     def __enter__(self) -> VolumeStore:
         return self
@@ -157,7 +160,8 @@ class VolumeStore:
         if out.shape != (len(rows), *self.shape) or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous of shape {(len(rows), *self.shape)}, "
                              f"got {out.shape}")
-        ds = self._file()["volumes"]
+        self._file()
+        ds = self._volumes
         if out.dtype == self.dtype and not self.encoding.is_integer:
             for k, j in enumerate(rows):
                 self._read_chunk(ds, out, j, k)
@@ -165,7 +169,9 @@ class VolumeStore:
         if out.dtype != np.float32:
             allowed = "float32" + ("" if self.encoding.is_integer else f" or {self.dtype}")
             raise ValueError(f"out must be {allowed}, got {out.dtype}")
-        scratch = np.empty((1, *self.shape), dtype=self.dtype)
+        if self._scratch is None:  # a fresh buffer per call would page-fault on every read
+            self._scratch = np.empty((1, *self.shape), dtype=self.dtype)
+        scratch = self._scratch
         for k, j in enumerate(rows):
             self._read_chunk(ds, scratch, j, 0)
             if self._scale is None:

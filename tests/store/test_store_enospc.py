@@ -87,8 +87,8 @@ def test_file_size_limit_mid_ingest(src, tmp_path):
 def test_full_tmpfs_mid_ingest(src, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK // 1024}k", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK // 1024}k", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
