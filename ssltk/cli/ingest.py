@@ -49,7 +49,8 @@ DTypeOpt = Annotated[DType, typer.Option(
 MaxErrorOpt = Annotated[float | None, typer.Option(
     "--max-error", metavar="FRACTION", min=0.0, max=0.4999,
     help="auto/uint8/uint16: largest error allowed, as a fraction of each volume's intensity "
-         "range (auto default 1/128 = 0.0078125; 0 = finest grid, exact for integer data).")]
+         "range (auto: 1/128 = 0.0078125 for nifti, 1/508 for images; 0 = finest grid, "
+         "exact for integer data).")]
 CompressionOpt = Annotated[Compression, typer.Option("--compression", help="Volume codec.")]
 OnErrorOpt = Annotated[OnError, typer.Option(
     "--on-error", help="abort at the first bad file, or skip it (listed in OUT.skipped.tsv).")]

@@ -5,7 +5,8 @@ per volume: a volume ``x`` is stored as codes ``c`` (uint8 or uint16) and read b
 ``offset + scale * c`` in float32. Per volume, the encoder picks:
 
 * **the volume's own lattice, exactly**, when its values already lie on an evenly spaced grid
-  that the dtype can hold and that is at least as coarse as the tolerance allows. Scans whose
+  that the dtype can hold and that is at least as coarse as the tolerance allows (or has no
+  more levels than the grid below would have). Scans whose
   source is 8- or 16-bit integers keep that structure through reorientation, percentile or
   min-max scaling, clipping, cropping and zero padding, so their codes are the source's own
   grey levels (error: float32 rounding, ~1e-7 of the range);
@@ -158,7 +159,10 @@ def _encode_integer(x: np.ndarray, enc: Encoding) -> Encoded:
     coarsest = 2 * float(enc.max_error or 0.0) * span  # the grid step the tolerance allows
     step = max(coarsest, span / (top - 1))  # one code spare for the zero anchor
     lattice = _lattice_step(x, lo, hi, top)  # fits the codes when not None
-    if lattice is not None and lattice >= coarsest * (1 - 1e-9):
+    # Keep the lattice when the tolerance allows no coarser grid, or when the grid would not
+    # have fewer levels (then it only adds error).
+    if lattice is not None and (lattice >= coarsest * (1 - 1e-9)
+                                or round(span / lattice) <= math.floor(span / step) + 1):
         scale, offset = _f32(lattice), lo  # the volume's own grey levels, exactly
     else:
         scale = _f32(step)

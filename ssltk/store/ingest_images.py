@@ -30,6 +30,9 @@ from ssltk.store.schema import ColumnSpec, StoreArgumentError
 from ssltk.store.writer import StoreWriter
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
+# --dtype auto keeps 8 bits for images: 2D sets are small, so fewer grey levels gain nothing,
+# and unresized 8-bit images are then stored exactly (1/508: the finest uint8 grid).
+IMAGES_MAX_ERROR = 1 / 508
 COLUMNS = {"subject_id": ColumnSpec("id"), "session": ColumnSpec("id"),
            "label": ColumnSpec("categorical", description="class folder"),
            "split": ColumnSpec("categorical", description="folder above the class folder")}
@@ -122,7 +125,8 @@ def ingest_images(src: str | Path, out: str | Path, size: tuple[int, int],
         src: root folder, ``SRC/<class>/*.png`` or ``SRC/<split>/<class>/*.jpg``.
         out: the store to create, or resume when it exists (same parameters required).
         size: ``(H, W)`` of the stored images.
-        dtype, compression: of the stored images (``auto``: see :mod:`ssltk.store.encoding`).
+        dtype, compression: of the stored images (``auto``: see :mod:`ssltk.store.encoding`;
+            for images its default tolerance is 1/508: 8 bits, exact for 8-bit images).
         on_error: ``abort`` at the first unreadable image, or ``skip`` it.
         subject_regex: regex whose first group, searched in the file stem, is the subject id.
         overwrite: replace ``out`` instead of resuming it.
@@ -131,6 +135,8 @@ def ingest_images(src: str | Path, out: str | Path, size: tuple[int, int],
     """
     src, out = Path(src), Path(out)
     size = (int(size[0]), int(size[1]))
+    if dtype == "auto" and max_error is None:
+        max_error = IMAGES_MAX_ERROR
     encoding = Encoding.resolve(dtype, max_error)
     if min(size) < 1:
         raise StoreArgumentError(f"--size {size[0]} {size[1]}: give a height and width >= 1")

@@ -102,3 +102,13 @@ def test_sixteen_bit_and_loose_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="no PNG/JPEG"):
         ingest_images(tmp_path / "empty", tmp_path / "e.h5", (4, 4))
+
+
+def test_auto_keeps_8_bit_images_exact(tmp_path):
+    """Unresized 8-bit images: --dtype auto (1/508 for images) stores every grey level."""
+    arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    _save(tmp_path / "src" / "A" / "ramp.png", arr)
+    ingest_images(tmp_path / "src", tmp_path / "r.h5", size=(16, 16))
+    store = VolumeStore.open(tmp_path / "r.h5")
+    assert store.dtype == np.uint8 and store.encoding.max_error == pytest.approx(1 / 508)
+    np.testing.assert_allclose(store[0][0], arr / 255, atol=1e-6)
