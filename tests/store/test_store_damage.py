@@ -131,6 +131,10 @@ def test_every_command_gives_one_line(damage, ingested, cli, flat_dir, tmp_path)
     assert "\n" not in str(err.value)
     with pytest.raises(StoreError, match=needle):
         StoreWriter.resume(ingested)
+    # the fix the message gives works
+    res = cli("ingest", "nifti", flat_dir, "--out", ingested, "--overwrite")
+    assert res.exit_code == 0 and "4 row(s) written" in res.output
+    assert verify_store(ingested).ok
 
 
 def _v1_store(path: Path) -> list[np.ndarray]:
