@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import re
-import socket
 from pathlib import Path
 
 import h5py
@@ -155,6 +154,3 @@ def _swap_halves_bytes(value: int) -> int:
     b = value.to_bytes(4, "little")
     return int.from_bytes(bytes([b[1], b[0], b[3], b[2]]), "little")
 
-
-def hostname() -> str:
-    return socket.gethostname()
