@@ -23,8 +23,11 @@ quickstart: $(STAMP)
 	$(BIN)/ssltk list-plugins
 	$(BIN)/ssltk run benchmarks/quickstart.toml
 
+# The whole suite, then its float-sensitive tests again on torch's portable CPU kernels: a
+# stand-in for "another CPU" (docs/reproducibility.md).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m numerics
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

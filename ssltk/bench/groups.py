@@ -23,6 +23,7 @@ from ssltk.budgets import Budget
 from ssltk.engine import finetune, pretrain
 from ssltk.engine.checkpoint import package_versions
 from ssltk.engine.finetuning import best_val_score
+from ssltk.engine.runtime import numerics
 from ssltk.registry import Registry, get_registry
 
 
@@ -65,7 +66,7 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
                        model_info=model_info(cell, benchmark, config_hash) if save else None)
         append_result(root / "results.jsonl",
                       record(cell, out, benchmark, config_hash, pretrain_s,
-                             time.perf_counter() - t0))
+                             time.perf_counter() - t0) | {"numerics": numerics(device)})
 
 
 def run_groups(groups: Iterable[Group], root: Path, benchmark: str, config_hash: str,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 from pathlib import Path
+
+from ssltk.errors import SsltkError
 
 log = logging.getLogger(__name__)
 
@@ -18,17 +21,40 @@ REQUIRED_KEYS = ("cell", "method", "mode", "budget", "seed", "repeat", "split_ha
 def append_result(path: Path, record: dict) -> None:
     """Append one line under an exclusive lock, then fsync: a crash loses at most this line.
 
-    Several processes (one per GPU) append to the same file; the lock keeps lines whole.
+    Several processes (one per GPU) append to the same file; the lock keeps lines whole. A
+    failed write (disk full) is cut back, so the file keeps exactly its earlier lines.
+
+    Raises:
+        SsltkError: the line cannot be written (one line: the file, the reason, the fix).
     """
-    line = json.dumps(record, allow_nan=True) + "\n"
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    line = (json.dumps(record, allow_nan=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _append(fd, line)
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            os.close(fd)  # releases the lock
+    except OSError as exc:
+        fix = ("free disk space and re-run the same command to resume"
+               if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+               else f"check that {Path(path).parent} is writable, then re-run to resume")
+        raise SsltkError(f"cannot append to {path}: {exc.strerror or exc}; the results written "
+                         f"before are kept; {fix}") from None
+
+
+def _append(fd: int, line: bytes) -> None:
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        line = b"\n" + line  # a killed writer's half line stays alone on its line (skipped)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        os.ftruncate(fd, end)  # never leave half a line behind
+        raise
 
 
 def read_results(path: Path) -> list[dict]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ssltk import locks
 from ssltk.bench.checks import check_data
 from ssltk.bench.cluster import run_on_submitit
 from ssltk.bench.grid import Grid, expand
@@ -21,10 +23,12 @@ from ssltk.bench.groups import Group, pending_groups, run_group, run_groups
 from ssltk.bench.models import select_best
 from ssltk.config import BenchmarkConfig, load_config
 from ssltk.engine.runtime import resolve_device
-from ssltk.errors import ConfigError
+from ssltk.errors import ConfigError, SsltkError
 from ssltk.registry import Registry, get_registry
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = ".run.lock"
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: finished cells so far and the grid's cell count."""
@@ -98,7 +102,11 @@ def prepare(config_path: str | Path, registry: Registry | None = None,
             devices: list[str] | None = None) -> tuple[BenchmarkConfig, Grid]:
     """Validate config, devices, stores and budgets (in that order); build demo stores; expand."""
     registry = registry or get_registry()
-    config = load_config(config_path, registry)
+    return _prepare(load_config(config_path, registry), registry, build_missing, devices)
+
+
+def _prepare(config: BenchmarkConfig, registry: Registry, build_missing: bool,
+             devices: list[str] | None) -> tuple[BenchmarkConfig, Grid]:
     resolve_devices(config, devices)  # a device that does not exist fails before any work
     check_data(config, registry, build_missing=build_missing)
     return config, expand(config)
@@ -107,6 +115,35 @@ def prepare(config_path: str | Path, registry: Registry | None = None,
 def copy_config(config_path: Path, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, root / "config.toml")
+
+
+class RunLockedError(SsltkError):
+    """Another ``ssltk run`` works in the same run folder (message names its pid and host)."""
+
+
+@contextmanager
+def run_lock(root: Path, config_path: str | Path) -> Iterator[None]:
+    """One ``ssltk run`` per run folder at a time, across processes and hosts: a second one
+    fails at once naming the holder. A run folder made here and left empty is removed."""
+    made = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+
+    def busy(holder: str) -> RunLockedError:
+        return RunLockedError(f"{root} is being run by {holder} (another `ssltk run "
+                              f"{config_path}`); wait for it to finish, or stop it and re-run "
+                              f"to resume (lock: {path})")
+
+    held = False
+    try:
+        locks.acquire(path, busy)
+        held = True
+        yield
+    finally:
+        if held:
+            locks.release(path)
+        if made and not any(root.iterdir()):
+            root.rmdir()
 
 
 def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
@@ -123,8 +160,16 @@ def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
             in this process (single-device runs).
     """
     registry = registry or get_registry()
-    config, grid = prepare(config_path, registry, devices=devices)
+    config = load_config(config_path, registry)
     root = run_dir(config)
+    with run_lock(root, config_path):
+        _run(config_path, config, root, registry, devices, on_start, progress)
+    return root
+
+
+def _run(config_path: str | Path, config: BenchmarkConfig, root: Path, registry: Registry,
+         devices: list[str] | None, on_start, progress: Progress | None) -> None:
+    config, grid = _prepare(config, registry, True, devices)
     copy_config(Path(config_path), root)
     devices = resolve_devices(config, devices)
     groups = pending_groups(grid, root / "results.jsonl")
@@ -146,4 +191,3 @@ def run_benchmark(config_path: str | Path, *, devices: list[str] | None = None,
         from ssltk.bench.gradcam import write_gradcam_panels
 
         write_gradcam_panels(root, config.report.gradcam_subjects, registry=registry)
-    return root

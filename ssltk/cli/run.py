@@ -52,8 +52,13 @@ def command(
         out.print(f"{cfg.name}: {len(grid.cells)} cells ({done} already done), "
                   f"{len(grid.pretrain_jobs)} pretraining runs, devices {', '.join(devices)}")
 
-    with progress_bar("cells", out) as update:
-        root = run_benchmark(config, devices=device, registry=reg, on_start=on_start,
-                             progress=update)
+    try:
+        with progress_bar("cells", out) as update:
+            root = run_benchmark(config, devices=device, registry=reg, on_start=on_start,
+                                 progress=update)
+    except KeyboardInterrupt:
+        typer.echo(f"Interrupted: finished cells and pretraining checkpoints are kept; resume "
+                   f"with: ssltk run {config}", err=True)
+        raise typer.Exit(130) from None
     if report:
         show_report(root, out=out)

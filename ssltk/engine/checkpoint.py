@@ -18,6 +18,7 @@ previous checkpoint or the new one, never a truncated file.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import pickle
@@ -66,9 +67,10 @@ def package_versions() -> dict[str, str | None]:
 
 # -- saving ------------------------------------------------------------------------------------
 def _write_error(path: Path, exc: OSError) -> SsltkError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return SsltkError(f"cannot write checkpoint {path}: no space left on device; free disk "
-                          "space and run again (any previous checkpoint there is intact)")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return SsltkError(f"cannot write checkpoint {path}: {exc.strerror or 'disk full'}; free "
+                          "disk space and run again to resume (any previous checkpoint there "
+                          "is intact)")
     return SsltkError(f"cannot write checkpoint {path}: {exc.strerror or exc}; check that "
                       f"{path.parent} exists and is writable")
 
@@ -119,8 +121,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], meta: dict[str, Any
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # Serialised in memory first: torch's zip writer turns a failed write (disk full)
+        # into a RuntimeError without its errno; a plain write keeps the OSError.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -27,6 +27,30 @@ def provenance() -> dict:
     return {"versions": package_versions()}
 
 
+def numerics(device: str | torch.device) -> dict:
+    """What, besides the software, changes a run's float results (docs/reproducibility.md):
+    torch's vectorised CPU kernels (``ATEN_CPU_CAPABILITY``), the thread count (reduction
+    order) and the device (a GPU model, or the CPU model)."""
+    dev = resolve_device(str(device))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model()
+    return {"device": str(dev), "device_name": name,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 @dataclass
 class Context:
     device: torch.device

@@ -30,6 +30,8 @@ from ssltk.cli.report import command
 from ssltk.engine.metrics import classification_metrics, regression_metrics
 from ssltk.errors import SsltkError
 
+pytestmark = pytest.mark.numerics
+
 BUDGETS = [({"kind": "n_per_class", "value": 5}, "5/class"),
            ({"kind": "n_per_class", "value": 20}, "20/class")]  # "20" < "5" as text
 SEEDS = (0, 1, 2)

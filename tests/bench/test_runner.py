@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ssltk.bench.results import read_results
@@ -34,7 +37,7 @@ def tiny_store(tmp_path_factory, make_tiny_store):
     return make_tiny_store(tmp_path_factory.mktemp("bench") / "tiny.h5", (1, 16, 16, 16), n=32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def write_config(make_benchmark, tiny_store):
     """``write(folder, executor="local", **replace)``: the TINY benchmark in ``folder``, with
     each ``old`` string of the TOML replaced by ``new``."""
@@ -54,6 +57,12 @@ def write_config(make_benchmark, tiny_store):
 
 def metrics_by_cell(root: Path) -> dict[str, dict]:
     return {r["cell"]: r["metrics"] for r in read_results(root / "results.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, write_config) -> dict[str, dict]:
+    """Metrics per cell of the TINY grid run in one go (what an interrupted run must equal)."""
+    return metrics_by_cell(run_benchmark(write_config(tmp_path_factory.mktemp("reference"))))
 
 
 def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, write_config):
@@ -84,6 +93,9 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert len(list((root / "pretrain").iterdir())) == 4  # not one per cell
     rec = records[0]
     assert rec["config_hash"] and rec["split_hash"] and rec["versions"]["torch"]
+    assert rec["numerics"]["device"] == "cpu" and rec["numerics"]["device_name"]
+    assert rec["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert rec["numerics"]["threads"] == torch.get_num_threads()
     assert (root / "report.md").exists() and (root / "results.csv").exists()
     assert list((root / "figures").glob("*.png"))
     assert "scratch" in result.output  # the summary table
@@ -92,29 +104,39 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
 
 
 KILLABLE = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from ssltk.bench import groups, runner
     finetune = groups.finetune
     def slow_finetune(*args, **kw):  # leave the parent time to kill us mid-grid
         out = finetune(*args, **kw)
-        time.sleep(0.4)
+        time.sleep(float(os.environ.get('SSLTK_TEST_CELL_PAUSE', 0.4)))
         return out
     groups.finetune = slow_finetune
-    runner.run_benchmark(sys.argv[1])
+    if sys.argv[2:] == ["--cli"]:  # the command, with its Ctrl-C handling
+        from ssltk.cli import app
+        app(["run", sys.argv[1], "--no-report"], prog_name="ssltk")
+    else:
+        runner.run_benchmark(sys.argv[1])
 """)
 
 
-def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_config):
+def _wait_for_results(proc, results: Path, n: int) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(read_results(results)) >= n:
+            return
+        time.sleep(0.05)
+    assert proc.poll() is None, "the grid finished before it could be interrupted"
+
+
+@pytest.mark.numerics
+def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_config,
+                                                                uninterrupted):
     (tmp_path / "a").mkdir()
     killed_cfg = write_config(tmp_path / "a")
     results = tmp_path / "a" / "runs" / "tiny" / "results.jsonl"
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(killed_cfg)])
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(read_results(results)) >= 5:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the grid finished before it could be killed"
+    _wait_for_results(proc, results, 5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {r["cell"]: r["created"] for r in read_results(results)}
@@ -123,9 +145,65 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_
     after = read_results(results)
     assert len(after) == 12
     assert all(r["created"] == before[r["cell"]] for r in after if r["cell"] in before)
-    (tmp_path / "b").mkdir()
-    reference = run_benchmark(write_config(tmp_path / "b"))
-    assert metrics_by_cell(results.parent) == metrics_by_cell(reference)
+    assert metrics_by_cell(results.parent) == uninterrupted
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_completes_exactly(
+        tmp_path, write_config, uninterrupted):
+    cfg = write_config(tmp_path)
+    root = tmp_path / "runs" / "tiny"
+    limit = 64_000  # results lines and histories fit; a pretraining checkpoint does not
+
+    def small_disk() -> None:  # in the child: write() past the limit fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    failed = subprocess.run([sys.executable, "-m", "ssltk", "run", str(cfg), "--no-report"],
+                            capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot write checkpoint "), lines
+    assert "File too large; free disk space and run again to resume" in lines[0]
+    assert not list(root.rglob(".*.tmp"))  # no half-written checkpoint left behind
+    kept = read_results(root / "results.jsonl")  # what finished before is intact
+    run_benchmark(cfg)  # space is back
+    after = {r["cell"]: r for r in read_results(root / "results.jsonl")}
+    assert all(after[r["cell"]]["created"] == r["created"] for r in kept)
+    assert metrics_by_cell(root) == uninterrupted
+
+
+@pytest.mark.numerics
+def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
+        tmp_path, write_config, uninterrupted):
+    cfg = write_config(tmp_path)
+    root = tmp_path / "runs" / "tiny"
+    first = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg), "--cli"],
+                             stderr=subprocess.PIPE, text=True,
+                             env=os.environ | {"SSLTK_TEST_CELL_PAUSE": "1.5"})
+    _wait_for_results(first, root / "results.jsonl", 3)
+    # the same benchmark from another terminal (or a Slurm job on the same filesystem)
+    second = subprocess.run([sys.executable, "-m", "ssltk", "run", str(cfg)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"is being run by pid {first.pid} on host {socket.gethostname()}" in lines[0]
+    assert first.poll() is None  # the first run goes on, untouched
+    t0 = time.monotonic()
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    assert first.wait(timeout=60) == 130
+    assert time.monotonic() - t0 < 10
+    lines = first.stderr.read().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Interrupted:"), lines
+    assert lines[0].endswith(f"resume with: ssltk run {cfg}")
+    assert not (root / ".run.lock").exists()
+    before = {r["cell"]: r["created"] for r in read_results(root / "results.jsonl")}
+    assert 3 <= len(before) < 12
+    run_benchmark(cfg)
+    after = read_results(root / "results.jsonl")
+    assert len(after) == 12 and all(r["created"] == before[r["cell"]] for r in after
+                                    if r["cell"] in before)
+    assert metrics_by_cell(root) == uninterrupted
 
 
 @pytest.mark.parametrize("old, new, expected", [

@@ -5,6 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import random
+import resource
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,6 +92,24 @@ def test_disk_full_is_one_line_error(tmp_path, monkeypatch, where):
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     monkeypatch.undo()
+    assert load_checkpoint(path)[1]["step"] == 1
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_real_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"w": torch.ones(3)}, _meta(step=1))
+    code = ("import sys, torch; from ssltk.engine.checkpoint import save_checkpoint; "
+            "save_checkpoint(sys.argv[1], {'w': torch.zeros(100_000)}, {'step': 2})")
+
+    def small_disk() -> None:  # in the child: write() past 64 KB fails with EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    failed = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=120, preexec_fn=small_disk)
+    assert failed.returncode != 0
+    assert (f"SsltkError: cannot write checkpoint {path}: File too large; free disk space"
+            in failed.stderr.strip().splitlines()[-1])
     assert load_checkpoint(path)[1]["step"] == 1
     assert _leftovers(tmp_path) == []
 

@@ -12,6 +12,8 @@ from ssltk.engine import PretrainRun, pretrain
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.engine.runtime import read_history
 
+pytestmark = pytest.mark.numerics
+
 # Group norm: batch statistics would differ between one batch of 8 and two of 4 (on GPU, ssltk
 # converts batch norm to SyncBatchNorm). No augmentation: each rank draws its own views, so
 # views would differ from the single-process ones.

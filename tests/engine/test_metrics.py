@@ -12,6 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from ssltk.engine.metrics import classification_metrics, regression_metrics, roc_curve_points
 
+pytestmark = pytest.mark.numerics
+
 
 def auc_by_counting(positive, score) -> float:
     """P(score of a positive > score of a negative), ties counting 1/2: plain pair loop."""

@@ -15,6 +15,8 @@ from ssltk.engine.optim import (
 )
 from ssltk.errors import SsltkError
 
+pytestmark = pytest.mark.numerics
+
 
 def _lr_after(scheduler, steps: int) -> float:
     for _ in range(steps):

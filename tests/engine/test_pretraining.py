@@ -19,6 +19,8 @@ from ssltk.errors import SsltkError
 from ssltk.interfaces import Objective, ObjectiveOutput
 from ssltk.registry import get_registry
 
+pytestmark = pytest.mark.numerics
+
 BACKBONE = {"name": "resnet10", "widen_factor": 0.25, "norm": "group"}
 LIGHT_AUG = [{"name": "flip", "p": 0.5}, {"name": "gaussian_noise", "p": 1.0}]
 

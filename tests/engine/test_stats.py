@@ -14,6 +14,8 @@ import torch
 from ssltk.engine.runtime import EpochStats, NonFiniteWatch, alignment_uniformity
 from ssltk.interfaces import ObjectiveOutput
 
+pytestmark = pytest.mark.numerics
+
 
 def outputs(n: int, as_tensors: bool, seed: int = 0) -> list[ObjectiveOutput]:
     g = torch.Generator().manual_seed(seed)

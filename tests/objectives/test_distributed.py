@@ -17,6 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ssltk import distributed as D
 from ssltk.interfaces import Backbone, Batch
 
+pytestmark = pytest.mark.numerics
+
 WORLD, N, DIM = 2, 8, 6  # global batch of 8: 4 per rank
 
 

@@ -27,6 +27,8 @@ from ssltk.config import load_config
 from ssltk.errors import ConfigError
 from ssltk.registry import get_registry
 
+pytestmark = pytest.mark.numerics
+
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugins" / "examples" / "ssltk-barlow"
 INSTALL = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
            "-e", str(PLUGIN_DIR)]

@@ -10,6 +10,8 @@ from ssltk.errors import ConfigError
 from ssltk.interfaces import Batch
 from ssltk.registry import get_registry
 
+pytestmark = pytest.mark.numerics
+
 REGISTRY = get_registry()
 
 # (backbone, params): every stem/pool combination of the ResNets, a bottleneck, a DenseNet

@@ -12,6 +12,8 @@ from ssltk_moco import MoCo, moco_loss
 from ssltk.distributed import randperm
 from ssltk.interfaces import Batch
 
+pytestmark = pytest.mark.numerics
+
 
 def loop_infonce(q, k, queue, tau):
     """MoCo eq. (1), one query at a time: -log(e^{q.k+/t} / (e^{q.k+/t} + sum_j e^{q.n_j/t}))."""

@@ -13,6 +13,8 @@ from ssltk.errors import ConfigError
 from ssltk.interfaces import Backbone, Batch, Objective, ObjectiveOutput
 from ssltk.registry import get_registry
 
+pytestmark = pytest.mark.numerics
+
 
 class ConstantSSL(Objective):
     """An SSL stand-in: loss 1.0 (with a zero-gradient path to the backbone), counts step ends."""

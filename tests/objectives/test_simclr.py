@@ -13,6 +13,8 @@ from ssltk_simclr import SimCLR, nt_xent_loss
 from ssltk.heads import build_projection_head
 from ssltk.interfaces import Batch
 
+pytestmark = pytest.mark.numerics
+
 
 def _unit(v: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in v))

@@ -18,6 +18,8 @@ from ssltk_yaware import YAware, yaware_loss
 from ssltk.errors import ConfigError
 from ssltk.interfaces import Batch
 
+pytestmark = pytest.mark.numerics
+
 
 def published_numpy(z_i, z_j, labels, sigma=5.0, tau=0.1):
     """The published algorithm step by step, numpy semantics (float64)."""

@@ -13,6 +13,8 @@ from ssltk.store import StoreError, StoreWriter, VolumeStore
 from ssltk.store.encoding import Encoding, decode_into, encode
 from ssltk.store.schema import StoreArgumentError
 
+pytestmark = pytest.mark.numerics
+
 
 def _decoded(enc) -> np.ndarray:
     out = np.empty(enc.codes.shape, np.float32)

@@ -16,6 +16,8 @@ from ssltk.cli import app
 from ssltk.store import StoreError, VolumeStore, synth
 from ssltk.store.synth import cohort_specs, make_cohort
 
+pytestmark = pytest.mark.numerics
+
 
 def _content(path: Path) -> dict[str, np.ndarray]:
     """Volumes and every metadata column of a store (what must be bit-identical per seed)."""
