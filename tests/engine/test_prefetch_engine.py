@@ -6,12 +6,12 @@ import functools
 
 import pytest
 import torch
+from _objectives import nan_after_two
 
 from ssltk.data.prefetch import Prefetcher
 from ssltk.engine import PretrainRun, pretrain, pretraining, runtime
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.engine.pretraining import NonFiniteLossError
-from ssltk.interfaces import Objective, ObjectiveOutput
 from ssltk.registry import get_registry
 
 BACKBONE = {"name": "resnet10", "widen_factor": 0.25, "norm": "group"}
@@ -44,18 +44,7 @@ def test_threaded_prefetch_and_lazy_sync_give_the_plain_runs_weights_and_history
             assert a[key] == b[key], key
 
 
-class _NaNAfterTwo(Objective):
-    name = "nan_after_two_lazy"
-    n_views = 1
-
-    def __init__(self, config, backbone, anchor=None, registry=None):
-        super().__init__(config, backbone, anchor, registry)
-        self.calls = 0
-
-    def forward(self, batch):
-        self.calls += 1
-        loss = self.backbone(batch.views[0]).pow(2).mean()
-        return ObjectiveOutput(loss * float("nan") if self.calls > 2 else loss)
+_NaNAfterTwo = nan_after_two("nan_after_two_lazy")
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, None])

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import torch
+from _objectives import nan_after_two
 
 from ssltk.engine import FinetuneRun, PretrainRun, finetune, pretrain
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.engine.pretraining import NonFiniteLossError
 from ssltk.errors import SsltkError
-from ssltk.interfaces import Objective, ObjectiveOutput
 from ssltk.registry import get_registry
 
 pytestmark = pytest.mark.numerics
@@ -100,18 +100,7 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(store3d, t
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
 
 
-class _NaNAfterTwo(Objective):
-    name = "nan_after_two"
-    n_views = 1
-
-    def __init__(self, config, backbone, anchor=None, registry=None):
-        super().__init__(config, backbone, anchor, registry)
-        self.calls = 0
-
-    def forward(self, batch):
-        self.calls += 1
-        loss = self.backbone(batch.views[0]).pow(2).mean()
-        return ObjectiveOutput(loss * float("nan") if self.calls > 2 else loss)
+_NaNAfterTwo = nan_after_two("nan_after_two")
 
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store3d, tmp_path):
