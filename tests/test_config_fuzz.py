@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tomllib
 
 import pytest
 import torch
@@ -91,13 +92,11 @@ def test_random_documents_are_one_line_config_errors(tmp_path_factory, doc):
 
 
 @pytest.fixture(scope="module")
-def valid_doc(tmp_path_factory, make_tiny_store):
-    from conftest import BENCHMARK
-
-    store = make_tiny_store(tmp_path_factory.mktemp("fuzz") / "tiny.h5", (1, 16, 16, 16), n=16)
-    doc = copy.deepcopy(BENCHMARK)
-    doc["data"] |= {"pretrain_store": str(store), "finetune_store": str(store)}
-    return doc
+def valid_doc(tmp_path_factory, make_tiny_store, make_benchmark):
+    """The tests' tiny benchmark (tests/conftest.py) on a tiny store, as a dict."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    store = make_tiny_store(folder / "tiny.h5", (1, 16, 16, 16), n=16)
+    return tomllib.loads(make_benchmark(folder / "bench.toml", store).read_text())
 
 
 def _paths(value, prefix=()):
