@@ -74,13 +74,8 @@ def groups_figure(seed: int, out: Path) -> None:
 
 def _with(spec, age: float, diagnosis: str, severity: float):
     """``spec`` re-aged and re-diagnosed (no brain-age offset), anatomy and pose unchanged."""
-    a = (age - synth.AGE_RANGE[0]) / (synth.AGE_RANGE[1] - synth.AGE_RANGE[0])
-    return dataclasses.replace(
-        spec, age=age, diagnosis=diagnosis,
-        ventricle=0.03 + synth.VENTRICLE_AGE * a + synth.VENTRICLE_AD * severity,
-        gm_loss=0.02 + synth.GM_AGE * a + synth.GM_AD * severity,
-        hippocampus=synth.MTL_AGE * a + synth.MTL_AD * severity,
-        cortex=synth.CORTEX_AD * severity)
+    return dataclasses.replace(spec, age=age, diagnosis=diagnosis,
+                               **synth.atrophy(age, 0.0, severity))
 
 
 EFFECT_VIEWS = (("axial", 2, AXIAL_MM), ("axial", 2, 14.0), ("coronal", 1, CORONAL_MM))

@@ -1,7 +1,7 @@
 """Multitask pretraining: a self-supervised objective plus supervised heads on metadata."""
 
 from ssltk import hookimpl
-from ssltk_multitask.losses import masked_cross_entropy, masked_mse
+from ssltk.losses import masked_cross_entropy, masked_mse
 from ssltk_multitask.objective import Multitask, MultitaskConfig, TaskConfig
 
 __all__ = ["Multitask", "MultitaskConfig", "TaskConfig", "masked_cross_entropy", "masked_mse"]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ssltk.errors import ConfigError
 from ssltk.interfaces import Batch, ComponentConfig, Objective, ObjectiveOutput
-from ssltk_multitask.losses import (
+from ssltk.losses import (
     masked_cross_entropy,
     masked_mse,
     stats_mean_std,

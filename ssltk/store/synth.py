@@ -6,8 +6,10 @@ The generative model (documented with figures in ``docs/synthetic-cohort.md``):
    ships (2 mm, no download); CSF = brain mask - GM - WM.
 2. Per subject: sex-dependent head size (global scale), a small rigid repositioning, a smooth
    random displacement field (anatomical variability), ageing (ventricles expand, grey matter
-   thins) and, for MCI/AD, a disease severity (MCI about halfway to AD) that enlarges the
-   ventricles further, shrinks the medial temporal lobes and thins the temporo-parietal cortex;
+   thins, the medial temporal lobes and temporo-parietal cortex atrophy) and, for MCI/AD, a
+   disease severity (MCI about halfway to AD) that acts as accelerated ageing (the same
+   effects at an older apparent age) plus AD-specific extra atrophy of the ventricles, medial
+   temporal lobes and temporo-parietal cortex;
    longitudinal sessions keep the anatomy and let atrophy progress with age and disease.
 3. Per site: tissue contrast, intensity gain, bias-field strength and Rician noise level.
 
@@ -47,13 +49,17 @@ AGE_RANGE = (55.0, 90.0)
 TISSUE_MEANS = (0.15, 0.55, 0.85)  # CSF, GM, WM: T1-weighted, normalised to ~[0, 1]
 
 # Effect sizes (docs/synthetic-cohort.md). ``a`` is the ageing score (0 at 55, 1 at 90, plus a
-# per-subject brain-age offset), ``d`` the disease severity (CN 0, MCI ~0.4, AD ~0.8).
+# per-subject brain-age offset), ``d`` the disease severity (CN 0, MCI ~0.4, AD ~0.8). AD is
+# partly accelerated ageing: every ageing effect acts on the apparent age ``a + ACCEL * d``
+# (the "brain age gap" of AD, Franke et al. 2010; atrophy of ageing and of AD overlap in the
+# same regions, Fjell et al. 2013), and the ``*_AD`` terms add what is specific to AD.
 SEVERITY = {"CN": (0.0, 0.0, 0.0), "MCI": (0.25, 0.55, 0.05), "AD": (0.6, 1.0, 0.08)}
 BRAIN_AGE_SD = 0.12  # per-subject offset of the ageing score (faster or slower agers)
-VENTRICLE_AGE, VENTRICLE_AD = 0.35, 0.40  # linear ventricle expansion per unit of a, of d
-GM_AGE, GM_AD = 0.15, 0.04  # global grey-matter loss per unit of a, of d
-MTL_AGE, MTL_AD = 0.04, 0.60  # medial-temporal atrophy per unit of a, of d
-CORTEX_AD = 0.50  # temporo-parietal grey-matter loss per unit of d
+ACCEL = 0.5  # apparent extra ageing per unit of d (d = 0.8: 0.4 x 35 = 14 years older)
+VENTRICLE_AGE, VENTRICLE_AD = 0.35, 0.22  # linear ventricle expansion per unit of a, of d
+GM_AGE, GM_AD = 0.15, 0.0  # global grey-matter loss per unit of a, of d
+MTL_AGE, MTL_AD = 0.20, 0.50  # medial-temporal atrophy per unit of a, of d
+CORTEX_AGE, CORTEX_AD = 0.15, 0.42  # temporo-parietal grey-matter loss per unit of a, of d
 _TEMPLATE_STEP = 2.0
 _MARGIN_MM = 6.0
 
@@ -84,7 +90,7 @@ class SessionSpec:
     ventricle: float  # linear expansion of the ventricles (0.2 = 20%)
     gm_loss: float  # fraction of grey matter turned to CSF everywhere
     hippocampus: float  # medial-temporal shrinkage and grey-matter loss
-    cortex: float = 0.0  # extra grey-matter loss in the temporo-parietal "AD signature"
+    cortex: float = 0.0  # grey-matter loss in the temporo-parietal "AD signature"
 
     def meta(self, sites: list[SiteParams]) -> dict:
         """The row's metadata columns."""
@@ -145,15 +151,26 @@ def subject_sessions(index: int, seed: int, n_sites: int,
     sessions = []
     for j, gap in enumerate(gaps):
         age = age0 + float(gap)
-        ageing = max(0.0, (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]) + brain_age)
-        d = severity0 + rate * float(gap)
         sessions.append(SessionSpec(
             subject_index=index, subject_id=f"sub-{index + 1:04d}", session=f"ses-{j + 1:02d}",
             age=round(age, 2), sex=sex, site=site, diagnosis=diagnosis, head_scale=float(head),
-            ventricle=0.03 + VENTRICLE_AGE * ageing + VENTRICLE_AD * d,
-            gm_loss=0.02 + GM_AGE * ageing + GM_AD * d,
-            hippocampus=MTL_AGE * ageing + MTL_AD * d, cortex=CORTEX_AD * d))
+            **atrophy(age, brain_age, severity0 + rate * float(gap))))
     return sessions
+
+
+def atrophy(age: float, brain_age: float, d: float) -> dict[str, float]:
+    """The atrophy fields of a :class:`SessionSpec` at ``age`` (years) for a subject with
+    brain-age offset ``brain_age`` and disease severity ``d`` (0 for CN).
+
+    Ageing acts on the apparent age ``a = max(0, (age - 55) / 35 + brain_age) + ACCEL * d``:
+    AD is, in part, accelerated ageing of the same structures; the ``*_AD`` terms add the
+    AD-specific atrophy (docs/synthetic-cohort.md gives the formulas and references).
+    """
+    a = max(0.0, (age - AGE_RANGE[0]) / (AGE_RANGE[1] - AGE_RANGE[0]) + brain_age) + ACCEL * d
+    return {"ventricle": 0.03 + VENTRICLE_AGE * a + VENTRICLE_AD * d,
+            "gm_loss": 0.02 + GM_AGE * a + GM_AD * d,
+            "hippocampus": MTL_AGE * a + MTL_AD * d,
+            "cortex": CORTEX_AGE * a + CORTEX_AD * d}
 
 
 def cohort_specs(subjects: int, seed: int, n_sites: int = 3,
