@@ -161,18 +161,47 @@ def _p(value: float) -> str:
     return _DASH if not math.isfinite(value) else "<0.001" if value < 1e-3 else f"{value:.3f}"
 
 
+def _signed(value: float) -> str:
+    return _DASH if not math.isfinite(value) else f"{value:+.3f}"
+
+
+def _diff_ci(r: PairedRow) -> str:
+    return f"[{_signed(r.diff_ci_low)}, {_signed(r.diff_ci_high)}]"
+
+
 def paired_markdown(rows: list[PairedRow]) -> str:
     """Markdown table of the paired comparisons against scratch."""
-    lines = ["| method | mode | budget | pairs | Δ mean (method − scratch) "
+    lines = ["| method | mode | budget | pairs | Δ mean (method − scratch) | 95% CI of Δ "
              "| wins / ties / losses | Wilcoxon p | paired t p | note |",
-             "|---|---|---|---:|---:|:---:|---:|---:|---|"]
+             "|---|---|---|---:|---:|---:|:---:|---:|---:|---|"]
     for r in rows:
-        diff = _DASH if not math.isfinite(r.mean_diff) else f"{r.mean_diff:+.3f}"
         note = "; ".join(filter(None, [r.note, f"{r.n_unpaired} unpaired runs excluded"
                                        if r.n_unpaired else ""]))
-        lines.append(f"| {r.method} | {r.mode} | {r.budget.label} | {r.n_pairs} | {diff} | "
-                     f"{r.wins} / {r.ties} / {r.losses} | {_p(r.wilcoxon_p)} | {_p(r.ttest_p)} "
-                     f"| {note} |")
+        lines.append(f"| {r.method} | {r.mode} | {r.budget.label} | {r.n_pairs} | "
+                     f"{_signed(r.mean_diff)} | {_diff_ci(r)} | {r.wins} / {r.ties} / {r.losses}"
+                     f" | {_p(r.wilcoxon_p)} | {_p(r.ttest_p)} | {note} |")
+    return "\n".join(lines)
+
+
+def gain_markdown(rows: list[PairedRow], mode: str) -> str:
+    """Markdown table of one mode: each method's paired gain over scratch, method x budget.
+
+    A cell reads ``Δ [95% CI] p=… (wins/losses of n)``: Δ is the mean of the per-split
+    differences method − scratch, p the two-sided Wilcoxon signed-rank p-value.
+    """
+    rows = [r for r in rows if r.mode == mode]
+    budgets = sorted({r.budget for r in rows}, key=lambda b: b.sort_key)
+    cells = {(r.method, r.budget): r for r in rows}
+    lines = ["| method | " + " | ".join(b.label for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for method in dict.fromkeys(r.method for r in rows):
+        out = []
+        for b in budgets:
+            r = cells.get((method, b))
+            out.append("" if r is None else
+                       f"{_signed(r.mean_diff)} {_diff_ci(r)} p={_p(r.wilcoxon_p)} "
+                       f"({r.wins}/{r.losses} of {r.n_pairs})")
+        lines.append(f"| {method} | " + " | ".join(out) + " |")
     return "\n".join(lines)
 
 
@@ -251,7 +280,8 @@ def write_report(run_dir: str | Path, config_summary: dict | None = None, *,
     write_csv(results, run_dir / "results.csv")
     figures = write_figures(results, rows, run_dir / "figures")
     arrow = "lower is better" if lower_is_better(metric) else "higher is better"
-    md = _header(results, config_summary) + ["", f"## {metric} ({arrow})", ""]
+    md = _header(results, config_summary) + [""] + _gain_section(results, metric)
+    md += [f"## {metric} ({arrow})", ""]
     for mode in sorted({r.mode for r in rows}):
         md += [f"### {mode} finetuning", "", aggregate_markdown(rows, mode), ""]
     md += _secondary_section(results, metric)
@@ -274,6 +304,24 @@ def _secondary_section(results: list[dict], metric: str) -> list[str]:
     md = [f"## {second}", ""]
     for mode in sorted({r.mode for r in rows}):
         md += [f"### {mode} finetuning", "", aggregate_markdown(rows, mode), ""]
+    return md
+
+
+_GAIN_TITLE = {"frozen": "frozen probe: gain over the random-init encoder",
+               "full": "full finetuning: gain over training from scratch"}
+
+
+def _gain_section(results: list[dict], metric: str) -> list[str]:
+    """Each method's paired gain over scratch, per mode (empty without scratch runs)."""
+    rows = paired_comparison(results, metric)
+    if not rows:
+        return []
+    md = [f"## Gain over {SCRATCH} ({metric}, paired on identical splits)", "",
+          "Cells: mean of (method − scratch) over paired splits [95% CI], two-sided Wilcoxon "
+          "p, (wins/losses of pairs). In frozen mode scratch is a linear probe on the "
+          "untrained, randomly initialised encoder.", ""]
+    for mode in sorted({r.mode for r in rows}):
+        md += [f"### {_GAIN_TITLE.get(mode, mode)}", "", gain_markdown(rows, mode), ""]
     return md
 
 

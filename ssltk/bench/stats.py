@@ -60,7 +60,9 @@ class PairedRow:
     """One method against scratch at one (mode, budget), over cells on identical splits.
 
     ``mean_diff`` is ``mean(method - scratch)`` in the metric's own units (negative is better
-    for a lower-is-better metric); ``wins``/``ties``/``losses`` count pairs where the method
+    for a lower-is-better metric), ``diff_ci_low``/``diff_ci_high`` its 95% t-interval (NaN
+    with fewer than 2 pairs); in frozen mode scratch is the random-init encoder, so
+    ``mean_diff`` is the method's gain over random init; ``wins``/``ties``/``losses`` count pairs where the method
     is better / equal / worse, whatever the direction. ``n_unpaired`` counts the method's cells
     with no scratch cell on the same split (missing, different ``split_hash``, or NaN metric).
     """
@@ -78,6 +80,8 @@ class PairedRow:
     wilcoxon_p: float
     ttest_p: float
     note: str = ""
+    diff_ci_low: float = math.nan
+    diff_ci_high: float = math.nan
 
 
 def lower_is_better(metric: str) -> bool:
@@ -197,11 +201,12 @@ def _paired_row(group: tuple, pairs: list, n_unpaired: int, metric: str) -> Pair
     diff = pairs_arr[:, 0] - pairs_arr[:, 1]  # (n_pairs,) method - scratch
     better = -diff if lower_is_better(metric) else diff
     wilcoxon_p, ttest_p, note = paired_tests(pairs_arr[:, 0], pairs_arr[:, 1])
+    mean, _, lo, hi = mean_ci(diff)
     return PairedRow(
         method, mode, budget, metric, n_pairs=len(diff), n_unpaired=n_unpaired,
-        mean_diff=float(diff.mean()) if len(diff) else math.nan,
-        wins=int((better > 0).sum()), ties=int((better == 0).sum()),
-        losses=int((better < 0).sum()), wilcoxon_p=wilcoxon_p, ttest_p=ttest_p, note=note)
+        mean_diff=mean, wins=int((better > 0).sum()), ties=int((better == 0).sum()),
+        losses=int((better < 0).sum()), wilcoxon_p=wilcoxon_p, ttest_p=ttest_p, note=note,
+        diff_ci_low=lo, diff_ci_high=hi)
 
 
 def paired_tests(a, b) -> tuple[float, float, str]:

@@ -208,6 +208,30 @@ def test_p_values_match_scipy_on_hand_built_differences():
     assert row.wilcoxon_p == pytest.approx(stats.wilcoxon(diff).pvalue)
     assert row.ttest_p == pytest.approx(stats.ttest_rel(method, scratch).pvalue)
     assert (row.wins, row.ties, row.losses) == (5, 1, 2)
+    # 95% t-interval of the mean difference, restated: mean ± t(0.975, 7) s / sqrt(8)
+    mean = sum(diff) / 8
+    s = math.sqrt(sum((d - mean) ** 2 for d in diff) / 7)
+    half = stats.t.ppf(0.975, 7) * s / math.sqrt(8)
+    assert row.diff_ci_low == pytest.approx(mean - half)
+    assert row.diff_ci_high == pytest.approx(mean + half)
+
+
+def test_gain_section_reads_the_paired_rows():
+    """The report opens with each method's gain over scratch, per mode and budget."""
+    from ssltk.bench.report import gain_markdown
+
+    b, label = BUDGETS[1]
+    method = [0.81, 0.78, 0.85, 0.80, 0.79, 0.83, 0.77, 0.84, 0.80, 0.82]
+    scratch = [0.75, 0.79, 0.80, 0.80, 0.70, 0.81, 0.78, 0.76, 0.71, 0.72]
+    recs = [make_record(m, "frozen", b, label, s, value=v)
+            for s in range(10) for m, v in (("simclr", method[s]), ("scratch", scratch[s]))]
+    rows = paired_comparison(recs, "roc_auc")
+    text = gain_markdown(rows, "frozen")
+    diff = [x - y for x, y in zip(method, scratch)]
+    p = stats.wilcoxon(diff).pvalue
+    assert f"| method | {label} |" in text
+    assert (f"| simclr | {sum(diff) / 10:+.3f} [{rows[0].diff_ci_low:+.3f}, "
+            f"{rows[0].diff_ci_high:+.3f}] p={p:.3f} (7/2 of 10) |") in text
 
 
 def test_all_zero_differences_give_nan_with_a_note():
@@ -237,6 +261,8 @@ def test_write_report_tables_csv_and_figures(run_dir):
     assert "### frozen finetuning" in text and "### full finetuning" in text
     assert "| method | 5/class | 20/class |" in text  # budgets in numeric order
     assert "## balanced_accuracy" in text and "## Paired comparison with scratch" in text
+    assert text.index("## Gain over scratch") < text.index("## roc_auc")
+    assert "### frozen probe: gain over the random-init encoder" in text
     mean, std, lo, hi = hand_mean_std_ci([known_value("yaware", "full", "20/class", s)
                                           for s in SEEDS])
     assert f"**{mean:.3f} ± {std:.3f} [{lo:.2f}, {hi:.2f}]**" in text  # best of its column
