@@ -88,6 +88,10 @@ class SupervisedConfig(ComponentConfig):
         default_factory=lambda: [SupervisedTask(column="age", kind="regression")],
         min_length=1,
         description="Columns to predict; default: age, regression (the y-Aware paper's baseline).")
+    input: Literal["augmented", "original"] = Field(
+        default="augmented",
+        description="Train on one augmented view (the run's pipeline) or on the un-augmented "
+                    "batch: crops and rescaling change the sizes that age and atrophy show in.")
     hidden_dim: int | None = Field(
         default=None, ge=1, description="Width of a hidden layer shared by the heads (Linear, "
                                         "ReLU); None: one linear head per task on the backbone.")
@@ -105,7 +109,7 @@ class SupervisedConfig(ComponentConfig):
 class Supervised(Objective):
     """Supervised pretraining on metadata columns (regression and/or classification heads).
 
-    One augmented view per sample; the heads (and the optional shared hidden layer) are the
+    One augmented view per sample (or the un-augmented batch, ``input = "original"``); the heads (and the optional shared hidden layer) are the
     objective's own and are discarded after pretraining, like a projection head.
 
     Logs: ``loss``; per task ``loss_<column>``, and ``mae_<column>`` (regression, in the
@@ -121,6 +125,8 @@ class Supervised(Objective):
         if anchor is not None:
             raise ConfigError("supervised.anchor: the supervised objective takes no anchor; "
                               "remove it")
+        # an instance attribute shadows the class default (read it from the built objective)
+        self.needs_original = config.input == "original"
         width = backbone.out_dim
         self.trunk: nn.Module = nn.Identity()
         if config.hidden_dim is not None:
@@ -182,7 +188,11 @@ class Supervised(Objective):
         return loss, logs
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        h = self.trunk(self.backbone(batch.views[0]))  # (B, width)
+        x = batch.original if self.needs_original else batch.views[0]
+        if x is None:
+            raise ConfigError("supervised.input: 'original' needs the un-augmented batch, which "
+                              "this caller did not pass (Batch.original)")
+        h = self.trunk(self.backbone(x))  # (B, width)
         loss, logs = h.new_zeros(()), {}
         for i, task in enumerate(self.config.tasks):
             if task.column not in batch.meta:

@@ -129,6 +129,21 @@ def test_unstandardised_regression(registry):
     assert float(out.loss.detach()) == pytest.approx((0 + 4 + 0 + 4) / 4, rel=1e-6)
 
 
+def test_original_input_reads_the_unaugmented_batch(registry):
+    tasks = [AGE_FIXED]
+    augmented = hand_objective(registry, tasks)
+    original = registry.create("objectives", "supervised", {"tasks": tasks, "input": "original"},
+                               backbone=IdentityBackbone(), registry=registry)
+    original.load_state_dict(augmented.state_dict())
+    assert original.needs_original and not augmented.needs_original
+    noise = torch.full((4, 1, 1, 2), 9.0)
+    both = Batch(views=[noise], meta={"age": AGE}, original=H.view(-1, 1, 1, 2))
+    assert float(original(both).loss.detach()) == pytest.approx((1 + 1 + 9) / 3, rel=1e-6)
+    assert float(augmented(both).loss.detach()) != pytest.approx((1 + 1 + 9) / 3, rel=1e-3)
+    with pytest.raises(ConfigError, match="un-augmented batch"):
+        original(batch(age=AGE))
+
+
 def test_default_is_age_regression_with_one_view(registry):
     cls = registry.get("objectives", "supervised")
     objective = registry.create("objectives", "supervised", {}, backbone=IdentityBackbone(),
