@@ -333,7 +333,8 @@ def _paired_section(results: list[dict], metric: str) -> str:
 
 
 def summary_table(results: list[dict], metric: str | None = None) -> Table:
-    """A rich table for the terminal: method x budget of the metric per mode, best in bold.
+    """A rich table for the terminal: method x budget of the metric per mode, best in bold,
+    with each method's paired gain over scratch and its Wilcoxon p.
 
     Args:
         results: records of :func:`load_results`.
@@ -341,9 +342,11 @@ def summary_table(results: list[dict], metric: str | None = None) -> Table:
     """
     metric = metric or primary_metric(results)
     rows = aggregate(results, metric)
+    gains = {(r.method, r.mode, r.budget): r for r in paired_comparison(results, metric)}
     budgets = sorted({r.budget for r in rows}, key=lambda b: b.sort_key)
     arrow = "lower is better" if lower_is_better(metric) else "higher is better"
-    table = Table(title=f"{metric} ({arrow}): mean ± std over seeds × repeats")
+    table = Table(title=f"{metric} ({arrow}): mean ± std over seeds × repeats; Δ: paired "
+                        f"gain over {SCRATCH}, Wilcoxon p")
     for col in ("mode", "method", *(b.label for b in budgets)):
         table.add_column(col, justify="left" if col in ("mode", "method") else "right")
     for mode in sorted({r.mode for r in rows}):
@@ -353,7 +356,11 @@ def summary_table(results: list[dict], metric: str | None = None) -> Table:
             for b in budgets:
                 r = cells.get((method, b))
                 text = "" if r is None else f"{_fmt(r.mean, 3)} ± {_fmt(r.std, 3)}"
-                out.append(f"[bold]{text}[/bold]" if r in best else text)
+                gain = gains.get((method, mode, b))
+                text = f"[bold]{text}[/bold]" if r in best else text
+                if gain is not None:
+                    text += f"  Δ {_signed(gain.mean_diff)} p={_p(gain.wilcoxon_p)}"
+                out.append(text)
             table.add_row(mode, method, *out)
         table.add_section()
     return table

@@ -304,6 +304,11 @@ def test_summary_table_bolds_best_per_column(run_dir):
     console = Console(record=True, width=150)
     console.print(table)
     assert "roc_auc (higher is better)" in console.export_text()
+    simclr_frozen = cells[methods.index("simclr")]
+    (gain,) = [r for r in paired_comparison(load_results(run_dir), "roc_auc")
+               if (r.method, r.mode, r.budget.label) == ("simclr", "frozen", "20/class")]
+    assert simclr_frozen.endswith(f"Δ {gain.mean_diff:+.3f} p={gain.wilcoxon_p:.3f}")
+    assert "Δ" not in cells[methods.index("scratch")]
 
 
 def test_macro_roc_auc_is_mean_of_one_vs_rest_aucs():

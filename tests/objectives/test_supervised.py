@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from _tiny import with_genesis_transforms
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from ssltk.errors import ConfigError
 from ssltk.interfaces import Backbone, Batch
+from ssltk.registry import get_registry
 
 # The representation of each sample is its two "pixels": h = x.
 H = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [2.0, 0.0]])
@@ -41,7 +41,7 @@ class IdentityBackbone(Backbone):
 
 @pytest.fixture(scope="module")
 def registry():
-    return with_genesis_transforms()
+    return get_registry()
 
 
 def hand_objective(registry, tasks):
