@@ -15,7 +15,7 @@ from ssltk.plugins import DISABLE_ENV, get_plugin_manager
 from ssltk.registry import get_registry
 
 BUILTINS = {"backbones", "augmentations", "anchors", "simclr", "moco", "genesis", "yaware",
-            "multitask"}
+            "multitask", "supervised"}
 
 GOOD_PLUGIN = '''
 import torch
