@@ -109,8 +109,9 @@ class SupervisedConfig(ComponentConfig):
 class Supervised(Objective):
     """Supervised pretraining on metadata columns (regression and/or classification heads).
 
-    One augmented view per sample (or the un-augmented batch, ``input = "original"``); the heads (and the optional shared hidden layer) are the
-    objective's own and are discarded after pretraining, like a projection head.
+    One augmented view per sample (or the un-augmented batch, ``input = "original"``); the
+    heads (and the optional shared hidden layer) are the objective's own and are discarded
+    after pretraining, like a projection head.
 
     Logs: ``loss``; per task ``loss_<column>``, and ``mae_<column>`` (regression, in the
     column's unit) or ``acc_<column>`` (classification) over the labelled samples of the batch.
