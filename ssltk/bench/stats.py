@@ -62,8 +62,8 @@ class PairedRow:
     ``mean_diff`` is ``mean(method - scratch)`` in the metric's own units (negative is better
     for a lower-is-better metric), ``diff_ci_low``/``diff_ci_high`` its 95% t-interval (NaN
     with fewer than 2 pairs); in frozen mode scratch is the random-init encoder, so
-    ``mean_diff`` is the method's gain over random init; ``wins``/``ties``/``losses`` count pairs where the method
-    is better / equal / worse, whatever the direction. ``n_unpaired`` counts the method's cells
+    ``mean_diff`` is the method's gain over random init; ``wins``/``ties``/``losses`` count
+    pairs where the method is better / equal / worse, whatever the direction. ``n_unpaired`` counts the method's cells
     with no scratch cell on the same split (missing, different ``split_hash``, or NaN metric).
     """
 

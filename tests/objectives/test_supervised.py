@@ -100,7 +100,8 @@ def test_missing_labels_are_masked(registry):
         moved[row] = torch.tensor([100.0, -50.0])
         out = objective(batch(moved))
         assert float(out.logs[unchanged]) == pytest.approx(float(base.logs[unchanged]), rel=1e-6)
-        assert float(out.loss.detach()) != pytest.approx(float(base.loss.detach()), rel=1e-3)  # the other task sees it
+        # the other task sees the moved sample
+        assert float(out.loss.detach()) != pytest.approx(float(base.loss.detach()), rel=1e-3)
     empty = objective(batch(age=torch.full((4,), float("nan")), sex=torch.full((4,), -1)))
     assert float(empty.loss.detach()) == 0.0 and empty.loss.requires_grad
     empty.loss.backward()  # the heads stay in the graph (DDP needs every parameter)

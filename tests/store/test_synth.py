@@ -193,9 +193,9 @@ def test_ad_vs_cn_is_learnable_but_not_trivial(baseline_32):
     """Raw-voxel logistic regression, AD vs CN: well above chance, well below perfect.
 
     Over seeds 0-7, 101 and 202 (120 subjects) the AUC ranges 0.69-0.90 (mean 0.85,
-    ``docs/measure_synth.py``); this cohort (seed 0, 110 subjects) gives 0.865. The disease shows through site contrast,
-    bias fields, head size and anatomy but does not dominate them (the model before gave
-    0.46-0.67). Bounds 0.7 and 0.97 leave room for that spread without hiding a regression.
+    ``docs/measure_synth.py``); this cohort (seed 0, 110 subjects) gives 0.865. The disease
+    shows through site contrast, bias fields, head size and anatomy but does not dominate
+    them (the first model gave 0.46-0.67). Bounds 0.7 and 0.97 leave room for that spread without hiding a regression.
     """
     from threadpoolctl import threadpool_limits
 
