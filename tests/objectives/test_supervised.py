@@ -16,6 +16,8 @@ from ssltk.errors import ConfigError
 from ssltk.interfaces import Backbone, Batch
 from ssltk.registry import get_registry
 
+pytestmark = pytest.mark.numerics
+
 # The representation of each sample is its two "pixels": h = x.
 H = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [2.0, 0.0]])
 AGE = torch.tensor([70.0, 80.0, float("nan"), 60.0])  # third missing
