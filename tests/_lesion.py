@@ -105,6 +105,7 @@ def head_2d(seed: int, shape=SHAPE_2D) -> np.ndarray:
 
 def add_lesion_2d(image: np.ndarray, centre, amplitude: float = 70.0,
                   sigma: float = 2.0) -> np.ndarray:
+    """``image`` plus a bright Gaussian blob (the lesion) at pixel ``centre``."""
     return add_lesion(image, centre, amplitude, sigma)
 
 
@@ -117,7 +118,8 @@ def save_png(image: np.ndarray, path: Path) -> Path:
 
 
 def write_cohort_2d(folder: Path, n: int = 64, seed: int = 0) -> Path:
-    """``folder/<lesion|none>/sNN.png``, half with a dark blob inside the disc."""
+    """``folder/<lesion|none>/sNN.png``, half with a bright blob inside the disc (centres in
+    pixels 8 to 23 on both axes)."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         img = head_2d(1000 * seed + i)
