@@ -56,6 +56,11 @@ LEFT, RIGHT, TOP, BOTTOM = (16, 7), (16, 25), (7, 16), (25, 16)
 
 
 @pytest.mark.numerics
+@pytest.mark.xfail(strict=False, reason=(
+    "known fragile (issue 13 stays open): the 2D fixture model is picked at its first epoch "
+    "with validation ROC-AUC 1 on 20 images and separates the classes without relying on the "
+    "blob's position; which features it learns flips with the thread count and with 1e-4 "
+    "changes of the stored inputs, and so does where the Grad-CAM maximum lands"))
 def test_heatmap_maximum_moves_with_the_planted_lesion(lesion2d, tmp_path):
     """The model was trained to detect a bright blob; planted at four places in one lesion-free
     slice, the Grad-CAM maximum for 'lesion' follows it. The map is layer4's 4 x 4 grid
