@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -92,14 +92,46 @@ class DataConfig(TargetSettings):
                 + [("finetune", "data.finetune_store", self.finetune_store)])
 
 
+class MonitorConfig(StrictModel):
+    """``[pretrain.monitor]``: representation monitors of pretraining (ssltk.engine.monitor).
+
+    They only observe (eval mode, no random draws): the weights are the same with or without
+    them, so they are not part of a pretraining run's content hash.
+    """
+
+    enabled: bool = True
+    every: int = Field(default=1, ge=1, description="Measure every this many epochs (and after "
+                                                    "the last one); always before the first step.")
+    size: int = Field(default=512, ge=2, description="Rows of the pretraining store for the "
+                                                     "effective rank and the embedding std.")
+    target: str | None = Field(
+        default=None, description="Categorical column for the k-NN and linear probes (none: no "
+                                  "probes). A benchmark fills in data.target when unset.")
+    classes: list[str] | None = Field(default=None, description="Classes of `target` to keep.")
+    store: Path | None = Field(
+        default=None, description="Store of the labelled monitor subset (default: the "
+                                  "pretraining store; a benchmark uses data.finetune_store).")
+    probes: bool = Field(default=True, description="In a benchmark: probe data.target when "
+                                                   "`target` is unset (false: no probes).")
+    labelled_size: int = Field(default=512, ge=4, description="Labelled rows for the probes.")
+    knn_k: int = Field(default=20, ge=1, description="Neighbours of the k-NN probe.")
+    knn_temperature: float = Field(default=0.07, gt=0, description="k-NN vote temperature.")
+    probe_c: float = Field(default=0.1, gt=0, description="Inverse L2 strength of the linear probe.")
+    folds: int = Field(default=5, ge=2, description="Cross-validation folds of the linear probe.")
+    batch_size: int = Field(default=64, ge=1, description="Embedding batch size.")
+
+
 class PretrainSettings(StrictModel):
     """How to pretrain: shared by the TOML's ``[pretrain]`` table and the engine's PretrainRun."""
+
+    hash_exclude: ClassVar[frozenset[str]] = frozenset({"monitor"})
 
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
     optimizer: OptimConfig = Field(default_factory=OptimConfig)
     precision: Precision = Field(default="auto", description=PRECISION_HELP)
     channels_last: bool = False
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
 
 class PretrainConfig(PretrainSettings):
@@ -191,6 +223,15 @@ class BenchmarkConfig(StrictModel):
         if self.report.gradcam and self.finetune.save_models == "none":
             raise ValueError("report.gradcam needs saved models: set finetune.save_models = "
                              "\"best\" (or \"all\")")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_probes(self) -> BenchmarkConfig:
+        """The pretraining monitors probe the benchmark's own task unless told otherwise."""
+        m, d = self.pretrain.monitor, self.data
+        if m.probes and m.target is None and d.task == "classification":
+            m.target, m.classes = d.target, d.classes
+            m.store = m.store or d.finetune_store
         return self
 
 

@@ -18,8 +18,14 @@ from pydantic import BaseModel, ConfigDict
 
 
 def content_hash(model: BaseModel) -> str:
-    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter)."""
-    text = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """sha256 of a pydantic model's canonical JSON (key order and formatting do not matter).
+
+    Fields named in the model's ``hash_exclude`` class attribute (settings that cannot change
+    the result, e.g. the pretraining monitors) are left out.
+    """
+    exclude = set(getattr(type(model), "hash_exclude", ()))
+    text = json.dumps(model.model_dump(mode="json", exclude=exclude), sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

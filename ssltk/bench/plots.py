@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from ssltk.bench.stats import (SCRATCH, AggregateRow, Budget, budget_of, lower_is_better,
                                method_sort_key)
@@ -321,4 +322,53 @@ def plot_regression_scatter(results: list[dict], path: Path) -> Path | None:
             ax.plot(lims, lims, color="grey", linestyle=":", label="identity")
             ax.set(xlim=lims, ylim=lims, aspect="equal")
             ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_monitors(runs: list, path: Path) -> Path | None:
+    """Pretraining monitors against epochs: one row per method, one line per seed.
+
+    Columns: training loss; effective rank (log scale, collapse threshold dashed); probe ROC-AUC
+    (linear solid, k-NN dotted) with the random-init value as epoch 0.
+
+    Args:
+        runs: :class:`ssltk.bench.monitors.MonitoredRun` objects.
+
+    Returns:
+        ``path``, or None when no run has monitors.
+    """
+    from ssltk.engine.monitor import COLLAPSE_RANK
+
+    methods = list(dict.fromkeys(run.method for run in runs))
+    if not methods:
+        return None
+    fig, axes = _figure(len(methods), 3, "Pretraining monitors (epoch 0 = random init)")
+    for i, method in enumerate(methods):
+        ax_loss, ax_rank, ax_probe = axes[i]
+        for j, run in enumerate(r for r in runs if r.method == method):
+            color = f"C{j}"
+            epochs = [(int(h["epoch"]) + 1, h["loss"]) for h in run.history if "loss" in h]
+            if epochs:
+                ax_loss.plot(*zip(*epochs), color=color, marker=".", label=f"seed {run.seed}")
+            series = run.series
+            x = [e for e, _ in series]
+            ax_rank.plot(x, [m.get("rank", np.nan) for _, m in series], color=color, marker=".")
+            for key, style in (("linear_auc", "-"), ("knn_auc", ":")):
+                y = [m.get(key, np.nan) for _, m in series]
+                if np.isfinite(y).any():
+                    ax_probe.plot(x, y, color=color, linestyle=style, marker=".",
+                                  label=f"{key.split('_')[0]}, seed {run.seed}")
+        ax_rank.axhline(COLLAPSE_RANK, color="red", linestyle="--", linewidth=0.8,
+                        label="collapse")
+        ax_rank.set_yscale("log")
+        ax_rank.yaxis.set_major_formatter(ScalarFormatter())
+        ax_loss.set(title=f"{method}: training loss", xlabel="epochs trained", ylabel="loss")
+        ax_rank.set(title=f"{method}: effective rank (RankMe)", xlabel="epochs trained")
+        ax_probe.set(title=f"{method}: monitor probes", xlabel="epochs trained",
+                     ylabel="ROC-AUC")
+        for ax in (ax_loss, ax_rank, ax_probe):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     return _save(fig, path)

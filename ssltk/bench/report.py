@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ssltk.bench import plots
+from ssltk.bench.monitors import find_runs, monitor_markdown
 from ssltk.bench.stats import (PRIMARY_METRIC, SCRATCH, SECONDARY_METRIC, AggregateRow,
                                PairedRow, aggregate, budget_of, lower_is_better,
                                paired_comparison)
@@ -244,9 +245,12 @@ _HOW_TO_READ = """\
 """
 
 
-def write_figures(results: list[dict], rows: list[AggregateRow], fig_dir: Path) -> list[Path]:
+def write_figures(results: list[dict], rows: list[AggregateRow], fig_dir: Path,
+                  monitored: list | None = None) -> list[Path]:
     """Draw every figure of the report under ``fig_dir``; returns the files written."""
     out = [plots.plot_label_efficiency(rows, fig_dir / "label_efficiency.png")]
+    if monitored:
+        out.append(plots.plot_monitors(monitored, fig_dir / "monitors.png"))
     if task_of(results) == "classification":
         out += [plots.plot_roc(results, fig_dir / "roc.png"),
                 plots.plot_confusion(results, fig_dir / "confusion.png")]
@@ -278,7 +282,8 @@ def write_report(run_dir: str | Path, config_summary: dict | None = None, *,
     _check_metric(results, metric)
     rows = aggregate(results, metric)
     write_csv(results, run_dir / "results.csv")
-    figures = write_figures(results, rows, run_dir / "figures")
+    monitored = find_runs(run_dir, results)
+    figures = write_figures(results, rows, run_dir / "figures", monitored)
     arrow = "lower is better" if lower_is_better(metric) else "higher is better"
     md = _header(results, config_summary) + [""] + _gain_section(results, metric)
     md += [f"## {metric} ({arrow})", ""]
@@ -286,6 +291,10 @@ def write_report(run_dir: str | Path, config_summary: dict | None = None, *,
         md += [f"### {mode} finetuning", "", aggregate_markdown(rows, mode), ""]
     md += _secondary_section(results, metric)
     md += ["## Paired comparison with scratch", "", _paired_section(results, metric), ""]
+    if monitored:
+        md += monitor_markdown(monitored) + [""]
+        for warning in (w for run in monitored for w in run.warnings()):
+            log.warning(warning)
     md += ["## Figures", ""]
     md += [f"![{p.stem.replace('_', ' ')}]({p.relative_to(run_dir).as_posix()})\n"
            for p in figures]

@@ -32,6 +32,7 @@ from ssltk.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from ssltk.engine.monitor import build_monitor
 from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
 from ssltk.engine.runs import PretrainRun
 from ssltk.errors import SsltkError
@@ -77,7 +78,8 @@ def pretrain(run: PretrainRun, out_dir: str | Path, *, registry: Registry | None
     Args:
         run: what to train (its hash is checked against any checkpoint in ``out_dir``).
         out_dir: gets ``checkpoint.pt`` (full state, for resuming), ``encoder.pt`` (the final
-            backbone), ``history.jsonl`` (one line per epoch) and ``run.json``.
+            backbone), ``history.jsonl`` (one line per epoch, after a line of
+            representation monitors at random init: ssltk.engine.monitor) and ``run.json``.
         device: "auto" (CUDA if present), "cpu", "cuda", "cuda:1"...
         checkpoint_every: also checkpoint every this many steps (default: each epoch end).
         progress: show a rich progress bar.
@@ -150,6 +152,8 @@ class _Trainer:
         self.scheduler = cosine_schedule(self.optimizer, self.total_steps, warmup,
                                          run.optimizer.min_lr_ratio)
         self.model = runtime.wrap_ddp(self.objective, ctx)
+        self.monitor = build_monitor(run.monitor, self.store, self.rows, ctx.device,
+                                     run.precision, ctx.is_main)
         self.step, self.epoch_stats = 0, runtime.EpochStats()
         # No host synchronisation inside a GPU step: losses are checked every sync_every steps.
         self.watch, self.sync_every = runtime.NonFiniteWatch(), runtime.sync_interval(ctx)
@@ -191,6 +195,7 @@ class _Trainer:
     def fit(self, checkpoint_every: int | None, progress: bool) -> list[dict]:
         bar = runtime.ProgressBar(self.total_steps, f"pretrain {self.run.objective.name}",
                                   enabled=progress and self.ctx.is_main, completed=self.step)
+        self.monitor.start(self.step, self.objective.backbone, self.paths.history)
         with bar:
             while self.step < self.total_steps:
                 epoch, first = divmod(self.step, self.steps_per_epoch)
@@ -208,7 +213,9 @@ class _Trainer:
                 self._end_epoch(epoch)
         self._export()
         runtime.barrier(self.ctx)
-        return runtime.read_history(self.paths.history)
+        history = runtime.read_history(self.paths.history)
+        self.monitor.finish(history)
+        return history
 
     @contextlib.contextmanager
     def _prefetch(self, batches: list[np.ndarray]):
@@ -257,7 +264,8 @@ class _Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         self._check_finite()
-        record = {"epoch": epoch, "step": self.step, **self.epoch_stats.summary()}
+        record = {"epoch": epoch, "step": self.step, **self.epoch_stats.summary(),
+                  **self.monitor.epoch_end(epoch, self.run.epochs, self.objective.backbone)}
         self.epoch_stats = runtime.EpochStats()
         if self.ctx.is_main:
             with self.paths.history.open("a") as f:

@@ -1,0 +1,297 @@
+"""Representation monitors of a pretraining run: is it collapsing, is it learning?
+
+Measured on the *backbone's* representation (what the frozen probe and finetuning get), in eval
+mode and without augmentation, on a fixed subset of the pretraining store: before the first step
+(the random-init encoder) and after every ``every`` epochs. Written to ``history.jsonl`` under
+``"monitor"``; the random-init measurement is the line with ``"epoch": -1, "step": 0``.
+
+* ``rank`` – RankMe effective rank (Garrido, Balestriero, Najman, LeCun, "RankMe: Assessing the
+  Downstream Performance of Pretrained Self-Supervised Representations by Their Rank", ICML
+  2023, eq. 1-2): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / ||s||_1 + 1e-7`` over the
+  singular values ``s`` of the ``(N, D)`` embedding matrix. 1 when every sample maps to the same
+  direction, at most ``min(N, D)``.
+* ``embed_std`` – mean over dimensions of the std over samples of the L2-normalised embeddings;
+  ``embed_std_ref = 1/sqrt(D)`` is its value for isotropic (non-collapsed) features, 0 is
+  complete collapse (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021).
+* ``knn_auc`` / ``knn_acc`` (with a target column) – weighted k-NN (Wu et al. 2018; the DINO and
+  solo-learn protocol): cosine similarity, the ``k`` = 20 nearest labelled samples vote with
+  weight ``exp(cos / 0.07)``, leave-one-out over the labelled subset; class scores are the
+  normalised votes. ROC-AUC (macro one-vs-rest for >2 classes) and accuracy.
+* ``linear_auc`` / ``linear_acc`` – logistic regression on standardised embeddings, stratified
+  ``folds``-fold cross-validation (out-of-fold predictions), fixed ``C``.
+
+:func:`diagnose` turns a history into warnings: a collapsed run (final ``rank`` below
+:data:`COLLAPSE_RANK`) or one whose final probe is below its own random-init probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ssltk.config import MonitorConfig
+from ssltk.engine.metrics import classification_metrics
+from ssltk.engine.targets import load_targets
+from ssltk.errors import SsltkError
+
+if TYPE_CHECKING:  # the report reads histories without importing torch
+    import torch
+
+log = logging.getLogger(__name__)
+
+RANKME_EPS = 1e-7
+"""The epsilon of RankMe's normalised singular values (Garrido et al. 2023, for float32)."""
+COLLAPSE_RANK = 2.0
+"""A run whose final effective rank is below this has collapsed: its representation of every
+sample lies (almost) along one direction. See docs/engine.md#representation-monitors."""
+INIT_EPOCH = -1
+"""``epoch`` of the history line measured before the first step (random initialisation)."""
+
+
+# -- metrics: pure functions of an (N, D) embedding matrix -------------------------------------
+def effective_rank(z, eps: float = RANKME_EPS) -> float:
+    """RankMe effective rank of ``z`` ``(N, D)`` (Garrido et al., ICML 2023, eq. 1-2).
+
+    ``exp(H(p))`` with ``p_k = s_k / sum(s) + eps`` over the singular values ``s`` of ``z``
+    (not centred, as in the paper). An all-zero matrix has effective rank 1 (fully collapsed).
+    """
+    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
+    total = s.sum()
+    if not np.isfinite(total) or total <= 0:
+        return 1.0
+    p = s / total + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def normalised_std(z) -> float:
+    """Mean over dimensions of the std over samples of the L2-normalised rows of ``z`` (N, D).
+
+    ``1/sqrt(D)`` for isotropic features, 0 when every row points the same way (SimSiam, sec.
+    4.1). Population std (ddof 0); a zero row stays zero.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    zn = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
+    return float(zn.std(axis=0).mean())
+
+
+def knn_scores(z, labels, n_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
+    """Leave-one-out weighted k-NN class scores ``(N, n_classes)``, rows summing to 1.
+
+    Each sample's ``k`` most cosine-similar *other* samples vote for their class with weight
+    ``exp(cos / temperature)`` (DINO's and solo-learn's weighted k-NN); ties in similarity are
+    broken by row order, so the result is deterministic.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    zn = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
+    sim = zn @ zn.T  # (N, N)
+    np.fill_diagonal(sim, -np.inf)  # leave one out
+    k = max(1, min(k, len(y) - 1))
+    nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (N, k)
+    top = np.take_along_axis(sim, nearest, axis=1)
+    weights = np.exp((top - 1.0) / temperature)  # shifted by the max cosine: no overflow
+    scores = np.zeros((len(y), n_classes))
+    np.add.at(scores, (np.arange(len(y))[:, None], y[nearest]), weights)
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+def linear_probe_scores(z, labels, n_classes: int, c: float = 0.1, folds: int = 5,
+                        seed: int = 0) -> np.ndarray:
+    """Out-of-fold class probabilities ``(N, n_classes)`` of a logistic-regression probe.
+
+    Standardised features, L2-regularised logistic regression with inverse strength ``c``,
+    stratified ``folds``-fold cross-validation with a fixed shuffle (``seed``).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    out = np.zeros((len(y), n_classes))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, y):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        model.fit(z[train], y[train])
+        out[np.ix_(test, model.classes_)] = model.predict_proba(z[test])
+    return out
+
+
+def probe_metrics(scores: np.ndarray, labels) -> tuple[float, float]:
+    """``(roc_auc, accuracy)`` of class scores (macro one-vs-rest AUC for >2 classes)."""
+    m = classification_metrics(labels, scores)
+    return m["roc_auc"], m["accuracy"]
+
+
+# -- the monitor of one run --------------------------------------------------------------------
+def fixed_subset(rows, size: int, seed: int = 0) -> np.ndarray:
+    """``size`` rows drawn once with a fixed seed (every run and seed monitors the same rows)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) <= size:
+        return np.sort(rows)
+    return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+
+
+class _Labelled:
+    """The labelled monitor subset: a store, its rows and their class indices."""
+
+    def __init__(self, config: MonitorConfig, default_store: Path):
+        from ssltk.data.loading import BatchReader
+        from ssltk.store import VolumeStore
+
+        path = Path(config.store or default_store)
+        store = VolumeStore.open(path)
+        targets = load_targets(store, config.target, "classification", config.classes,
+                               source=f"pretrain.monitor: {path}")
+        self.rows = fixed_subset(targets.labelled_rows(), config.labelled_size)
+        self.labels = targets.values(self.rows)
+        self.n_classes = targets.n_classes
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        self.folds = int(min(config.folds, counts.min()))
+        if self.folds < 2:
+            raise SsltkError(f"pretrain.monitor.target: the labelled monitor subset of {path} has "
+                             f"{counts.min()} sample(s) of a class; raise labelled_size or drop "
+                             "the target")
+        self.reader = BatchReader(store)
+        self.path = path
+
+
+class Monitor:
+    """Measures a backbone on the fixed monitor subsets; see the module docstring.
+
+    Args:
+        config: the ``[pretrain.monitor]`` settings.
+        store: the pretraining store (rows for the effective rank and std).
+        rows: the rows pretraining uses.
+        device, precision: where and how to embed (as the frozen probe does).
+    """
+
+    def __init__(self, config: MonitorConfig, store, rows, device: torch.device,
+                 precision: str = "auto"):
+        from ssltk.data.loading import BatchReader
+
+        self.config, self.device, self.precision = config, device, precision
+        self.labelled = _Labelled(config, Path(store.path)) if config.target else None
+        same_store = self.labelled is not None and self.labelled.path.resolve() == \
+            Path(store.path).resolve()
+        # One embedding pass when the labelled subset is drawn from the pretraining store.
+        self.rows = None if same_store else fixed_subset(rows, config.size)
+        self.reader = BatchReader(store)
+
+    def _embed(self, backbone, reader, rows) -> np.ndarray:
+        from ssltk.engine.finetuning import embed_rows
+        from ssltk.engine.runtime import Context
+
+        was_training = backbone.training
+        z = embed_rows(backbone, reader, rows, Context(self.device), self.config.batch_size,
+                       self.precision)
+        backbone.train(was_training)
+        return z
+
+    def measure(self, backbone) -> dict[str, float]:
+        """Every monitor of ``backbone`` now: rank, std, and the probes when labelled."""
+        t0 = time.perf_counter()
+        out: dict[str, float] = {}
+        z_lab = None
+        if self.labelled is not None:
+            z_lab = self._embed(backbone, self.labelled.reader, self.labelled.rows)
+        z = z_lab if self.rows is None else self._embed(backbone, self.reader, self.rows)
+        out.update(rank=effective_rank(z), embed_std=normalised_std(z),
+                   embed_std_ref=1.0 / math.sqrt(z.shape[1]), n=int(len(z)), dim=int(z.shape[1]))
+        if self.labelled is not None:
+            lab, c = self.labelled, self.config
+            knn = knn_scores(z_lab, lab.labels, lab.n_classes, c.knn_k, c.knn_temperature)
+            lin = linear_probe_scores(z_lab, lab.labels, lab.n_classes, c.probe_c, lab.folds)
+            out["knn_auc"], out["knn_acc"] = probe_metrics(knn, lab.labels)
+            out["linear_auc"], out["linear_acc"] = probe_metrics(lin, lab.labels)
+            out["n_labelled"] = int(len(z_lab))
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether to measure after epoch ``epoch`` (0-based) of ``epochs``: every ``every``
+        epochs and after the last one."""
+        return (epoch + 1) % self.config.every == 0 or epoch + 1 == epochs
+
+    # -- the engine's hooks -----------------------------------------------------------------
+    def start(self, step: int, backbone, history: Path) -> None:
+        """At fit start: measure the random-init encoder (only before the first step)."""
+        if step != 0:
+            return
+        record = {"epoch": INIT_EPOCH, "step": 0, "monitor": self.measure(backbone)}
+        history.parent.mkdir(parents=True, exist_ok=True)
+        with history.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("monitor at random init: %s", record["monitor"])
+
+    def epoch_end(self, epoch: int, epochs: int, backbone) -> dict:
+        """``{"monitor": {...}}`` to merge into the epoch's history record (or ``{}``)."""
+        return {"monitor": self.measure(backbone)} if self.due(epoch, epochs) else {}
+
+    def finish(self, history: list[dict]) -> list[str]:
+        """At fit end: log (and return) the warnings of :func:`diagnose`."""
+        warnings = diagnose(history)
+        for w in warnings:
+            log.warning(w)
+        return warnings
+
+
+class _Off:
+    """The monitor when it is disabled (or on a non-main rank): does nothing."""
+
+    def start(self, step, backbone, history) -> None:
+        return None
+
+    def epoch_end(self, epoch, epochs, backbone) -> dict:
+        return {}
+
+    def finish(self, history) -> list[str]:
+        return []
+
+
+def build_monitor(config: MonitorConfig, store, rows, device: torch.device, precision: str,
+                  is_main: bool = True) -> Monitor | _Off:
+    """The run's monitor; a no-op one when ``config.enabled`` is false or off the main rank."""
+    if not config.enabled or not is_main:
+        return _Off()
+    return Monitor(config, store, rows, device, precision)
+
+
+# -- diagnosis -------------------------------------------------------------------------------
+def monitor_series(history: list[dict]) -> list[tuple[int, dict]]:
+    """``[(epochs trained, monitor dict)]`` in order: 0 is the random init."""
+    out = [(int(h["epoch"]) + 1, h["monitor"]) for h in history if h.get("monitor")]
+    return sorted(out, key=lambda t: t[0])
+
+
+def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
+    """Warnings about a run's history: collapse, or a final probe below the random-init one.
+
+    * collapsed: the last measured ``rank`` is below :data:`COLLAPSE_RANK`;
+    * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one.
+    """
+    series = monitor_series(history)
+    if not series:
+        return []
+    (e0, first), (e1, last) = series[0], series[-1]
+    warnings = []
+    if last.get("rank", math.inf) < COLLAPSE_RANK:
+        warnings.append(f"{label} collapsed: effective rank {last['rank']:.2f} < "
+                        f"{COLLAPSE_RANK:g} after {e1} epoch(s) (of {last.get('dim')} dims; "
+                        f"{first.get('rank', math.nan):.1f} at random init)")
+    if e0 == 0 and e1 > 0:
+        for key, name in (("linear_auc", "linear-probe"), ("knn_auc", "k-NN")):
+            if key in first and key in last:
+                if last[key] < first[key]:
+                    warnings.append(f"{label} did not learn: {name} ROC-AUC {last[key]:.3f} "
+                                    f"after {e1} epoch(s) < {first[key]:.3f} at random init")
+                break
+    return warnings
