@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssltk.bench.stats import method_sort_key
-from ssltk.engine.monitor import COLLAPSE_RANK, diagnose, monitor_series
+from ssltk.engine.monitor import COLLAPSE_RANK, COLLAPSE_STD, diagnose, monitor_series
 
 _DASH = "–"
 
@@ -90,20 +90,22 @@ def monitor_markdown(runs: list[MonitoredRun]) -> list[str]:
              "Measured on the backbone's representation of a fixed monitor subset, at random "
              "init and after each epoch (docs/engine.md#representation-monitors). Values: "
              "random init → end of pretraining (change).", "",
-             "| run | epochs | effective rank | std · √d | k-NN ROC-AUC | linear ROC-AUC "
-             "| status |", "|---|---:|---:|---:|---:|---:|---|"]
+             "| run | epochs | effective rank | objective's embeddings: std · √d "
+             "| k-NN ROC-AUC | linear ROC-AUC | status |", "|---|---:|---:|---:|---:|---:|---|"]
     for run in runs:
         (_, first), (epochs, last) = run.series[0], run.series[-1]
         warns = run.warnings()
         status = "ok" if not warns else ", ".join(
             "**collapsed**" if "collapsed" in w else "**below random init**" for w in warns)
         lines.append(f"| {run.label} | {epochs} | {_pair(first, last, 'rank', 1)} "
-                     f"| {_pair(first, last, 'embed_std', 2, 'embed_std_ref')} "
+                     f"| {_pair(first, last, 'proj_std', 2, 'proj_std_ref')} "
                      f"| {_pair(first, last, 'knn_auc', 3)} | {_pair(first, last, 'linear_auc', 3)} "
                      f"| {status} |")
     warnings = [w for run in runs for w in run.warnings()]
-    lines += ["", f"Collapse: effective rank below {COLLAPSE_RANK:g}. std · √d is 1 for "
-                  "isotropic features and 0 for complete collapse."]
+    lines += ["", f"Effective rank: RankMe of the backbone's representation. std · √d of the "
+                  "objective's (projection) embeddings, as the loss sees them: 1 for isotropic "
+                  f"features, 0 for complete collapse. Collapsed: effective rank below "
+                  f"{COLLAPSE_RANK:g}, or std · √d below {COLLAPSE_STD:g}."]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
     return lines

@@ -10,6 +10,11 @@ mode and without augmentation, on a fixed subset of the pretraining store: befor
   2023, eq. 1-2): ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / ||s||_1 + 1e-7`` over the
   singular values ``s`` of the ``(N, D)`` embedding matrix. 1 when every sample maps to the same
   direction, at most ``min(N, D)``.
+* ``proj_rank`` – the same effective rank of the *objective's* embeddings (its projection head
+  output, ``ObjectiveOutput.embeddings[0]``) on the same subset, both views un-augmented, the
+  objective in eval mode: where a contrastive loss collapses first (y-Aware at the quickstart's
+  scale: the projections collapse while the backbone's rank keeps rising, see
+  docs/methods/yaware.md). Absent for objectives without embeddings (Genesis) and under DDP.
 * ``embed_std`` – mean over dimensions of the std over samples of the L2-normalised embeddings;
   ``embed_std_ref = 1/sqrt(D)`` is its value for isotropic (non-collapsed) features, 0 is
   complete collapse (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021).
@@ -50,6 +55,10 @@ RANKME_EPS = 1e-7
 COLLAPSE_RANK = 2.0
 """A run whose final effective rank is below this has collapsed: its representation of every
 sample lies (almost) along one direction. See docs/engine.md#representation-monitors."""
+COLLAPSE_STD = 0.25
+"""A run whose objective embeddings' ``proj_std * sqrt(proj_dim)`` ends below this has collapsed
+into a narrow cone (mean pairwise cosine near 1): the loss no longer separates samples. RankMe,
+being scale-invariant, misses this kind of collapse. See docs/engine.md#representation-monitors."""
 INIT_EPOCH = -1
 """``epoch`` of the history line measured before the first step (random initialisation)."""
 
@@ -185,6 +194,8 @@ class Monitor:
         # One embedding pass when the labelled subset is drawn from the pretraining store.
         self.rows = None if same_store else fixed_subset(rows, config.size)
         self.reader = BatchReader(store)
+        self.store = store
+        self.projections = True  # turned off if the objective cannot run on the subset
 
     def _embed(self, backbone, reader, rows) -> np.ndarray:
         from ssltk.engine.finetuning import embed_rows
@@ -196,9 +207,60 @@ class Monitor:
         backbone.train(was_training)
         return z
 
-    def measure(self, backbone) -> dict[str, float]:
-        """Every monitor of ``backbone`` now: rank, std, and the probes when labelled."""
+    def _project(self, objective) -> np.ndarray | None:
+        """First-view embeddings ``(N, D)`` of the objective on the rank subset, or None.
+
+        As the loss sees them: both views are the un-augmented images and the objective runs
+        in train mode (batch-norm batch statistics; in eval mode a random-init network maps
+        every image to nearly the same direction) on fixed, near-equal batches, under
+        ``no_grad`` with a fixed generator. Its buffers (queues, running statistics) and
+        torch's global RNG are restored afterwards, so training is unaffected.
+        """
+        import torch
+
+        from ssltk.data.loading import BatchReader
+        from ssltk.distributed import is_distributed
+        from ssltk.interfaces import Batch
+
+        if not self.projections or is_distributed():
+            return None
+        rows = self.labelled.rows if self.rows is None else self.rows
+        reader = BatchReader(self.store, objective.required_columns())
+        buffers = {k: v.clone() for k, v in objective.named_buffers()}
+        rng, was_training = torch.get_rng_state(), objective.training
+        objective.train()
+        out = []
+        try:
+            with torch.no_grad():
+                n_batches = -(-len(rows) // self.config.batch_size)
+                for i, part in enumerate(np.array_split(rows, n_batches)):
+                    x, meta = reader.read(part)
+                    x = x.to(self.device)
+                    meta = {k: v.to(self.device) for k, v in meta.items()}
+                    batch = Batch(views=[x] * objective.n_views, meta=meta,
+                                  generator=torch.Generator().manual_seed(i),
+                                  original=x if objective.needs_original else None)
+                    emb = objective(batch).embeddings
+                    if emb is None:
+                        self.projections = False
+                        return None
+                    out.append(emb[0].float().cpu().numpy())
+        except Exception as exc:  # a monitor must never stop a run
+            log.warning("monitor: the objective's embeddings are unavailable on the monitor "
+                        "subset (%s); proj_* are not measured", exc)
+            self.projections = False
+            return None
+        finally:
+            objective.train(was_training)
+            torch.set_rng_state(rng)
+            for k, v in objective.named_buffers():
+                v.copy_(buffers[k])
+        return np.concatenate(out)
+
+    def measure(self, objective) -> dict[str, float]:
+        """Every monitor of ``objective`` now: rank, std, probes when labelled, proj_rank."""
         t0 = time.perf_counter()
+        backbone = objective.backbone
         out: dict[str, float] = {}
         z_lab = None
         if self.labelled is not None:
@@ -206,6 +268,10 @@ class Monitor:
         z = z_lab if self.rows is None else self._embed(backbone, self.reader, self.rows)
         out.update(rank=effective_rank(z), embed_std=normalised_std(z),
                    embed_std_ref=1.0 / math.sqrt(z.shape[1]), n=int(len(z)), dim=int(z.shape[1]))
+        proj = self._project(objective)
+        if proj is not None:
+            out.update(proj_rank=effective_rank(proj), proj_std=normalised_std(proj),
+                       proj_std_ref=1.0 / math.sqrt(proj.shape[1]), proj_dim=int(proj.shape[1]))
         if self.labelled is not None:
             lab, c = self.labelled, self.config
             knn = knn_scores(z_lab, lab.labels, lab.n_classes, c.knn_k, c.knn_temperature)
@@ -222,19 +288,19 @@ class Monitor:
         return (epoch + 1) % self.config.every == 0 or epoch + 1 == epochs
 
     # -- the engine's hooks -----------------------------------------------------------------
-    def start(self, step: int, backbone, history: Path) -> None:
+    def start(self, step: int, objective, history: Path) -> None:
         """At fit start: measure the random-init encoder (only before the first step)."""
         if step != 0:
             return
-        record = {"epoch": INIT_EPOCH, "step": 0, "monitor": self.measure(backbone)}
+        record = {"epoch": INIT_EPOCH, "step": 0, "monitor": self.measure(objective)}
         history.parent.mkdir(parents=True, exist_ok=True)
         with history.open("a") as f:
             f.write(json.dumps(record) + "\n")
         log.info("monitor at random init: %s", record["monitor"])
 
-    def epoch_end(self, epoch: int, epochs: int, backbone) -> dict:
+    def epoch_end(self, epoch: int, epochs: int, objective) -> dict:
         """``{"monitor": {...}}`` to merge into the epoch's history record (or ``{}``)."""
-        return {"monitor": self.measure(backbone)} if self.due(epoch, epochs) else {}
+        return {"monitor": self.measure(objective)} if self.due(epoch, epochs) else {}
 
     def finish(self, history: list[dict]) -> list[str]:
         """At fit end: log (and return) the warnings of :func:`diagnose`."""
@@ -247,10 +313,10 @@ class Monitor:
 class _Off:
     """The monitor when it is disabled (or on a non-main rank): does nothing."""
 
-    def start(self, step, backbone, history) -> None:
+    def start(self, step, objective, history) -> None:
         return None
 
-    def epoch_end(self, epoch, epochs, backbone) -> dict:
+    def epoch_end(self, epoch, epochs, objective) -> dict:
         return {}
 
     def finish(self, history) -> list[str]:
@@ -272,21 +338,39 @@ def monitor_series(history: list[dict]) -> list[tuple[int, dict]]:
     return sorted(out, key=lambda t: t[0])
 
 
+def _std_ratio(m: dict, prefix: str = "") -> float:
+    """``std * sqrt(d)`` of the backbone's (``prefix=""``) or the objective's (``"proj"``)
+    embeddings: 1 for isotropic features, 0 for complete collapse; inf when not measured."""
+    std, ref = m.get(f"{prefix}_std" if prefix else "embed_std"), \
+        m.get(f"{prefix}_std_ref" if prefix else "embed_std_ref")
+    return std / ref if std is not None and ref else math.inf
+
+
 def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
     """Warnings about a run's history: collapse, or a final probe below the random-init one.
 
-    * collapsed: the last measured ``rank`` is below :data:`COLLAPSE_RANK`;
+    * collapsed: the last measured ``rank`` (backbone) or ``proj_rank`` (objective's
+      embeddings) is below :data:`COLLAPSE_RANK`, or the objective's embeddings'
+      ``proj_std * sqrt(proj_dim)`` is below :data:`COLLAPSE_STD`;
     * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one.
     """
     series = monitor_series(history)
     if not series:
         return []
     (e0, first), (e1, last) = series[0], series[-1]
-    warnings = []
+    warnings, collapse = [], []
     if last.get("rank", math.inf) < COLLAPSE_RANK:
-        warnings.append(f"{label} collapsed: effective rank {last['rank']:.2f} < "
-                        f"{COLLAPSE_RANK:g} after {e1} epoch(s) (of {last.get('dim')} dims; "
-                        f"{first.get('rank', math.nan):.1f} at random init)")
+        collapse.append(f"effective rank {last['rank']:.2f} < {COLLAPSE_RANK:g} (of "
+                        f"{last.get('dim')} dims; {first.get('rank', math.nan):.1f} at random init)")
+    if last.get("proj_rank", math.inf) < COLLAPSE_RANK:
+        collapse.append(f"effective rank of the objective's embeddings {last['proj_rank']:.2f} "
+                        f"< {COLLAPSE_RANK:g}")
+    spread = _std_ratio(last, "proj")
+    if spread < COLLAPSE_STD:
+        collapse.append(f"objective's embeddings in a narrow cone: std·√d {spread:.3f} < "
+                        f"{COLLAPSE_STD:g} ({_std_ratio(first, 'proj'):.2f} at random init)")
+    if collapse:
+        warnings.append(f"{label} collapsed after {e1} epoch(s): " + "; ".join(collapse))
     if e0 == 0 and e1 > 0:
         for key, name in (("linear_auc", "linear-probe"), ("knn_auc", "k-NN")):
             if key in first and key in last:

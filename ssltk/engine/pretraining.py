@@ -195,7 +195,7 @@ class _Trainer:
     def fit(self, checkpoint_every: int | None, progress: bool) -> list[dict]:
         bar = runtime.ProgressBar(self.total_steps, f"pretrain {self.run.objective.name}",
                                   enabled=progress and self.ctx.is_main, completed=self.step)
-        self.monitor.start(self.step, self.objective.backbone, self.paths.history)
+        self.monitor.start(self.step, self.objective, self.paths.history)
         with bar:
             while self.step < self.total_steps:
                 epoch, first = divmod(self.step, self.steps_per_epoch)
@@ -265,7 +265,7 @@ class _Trainer:
     def _end_epoch(self, epoch: int) -> None:
         self._check_finite()
         record = {"epoch": epoch, "step": self.step, **self.epoch_stats.summary(),
-                  **self.monitor.epoch_end(epoch, self.run.epochs, self.objective.backbone)}
+                  **self.monitor.epoch_end(epoch, self.run.epochs, self.objective)}
         self.epoch_stats = runtime.EpochStats()
         if self.ctx.is_main:
             with self.paths.history.open("a") as f:

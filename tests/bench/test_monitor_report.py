@@ -34,14 +34,14 @@ def _record(method: str, seed: int, repeat: int) -> dict:
             "timings": {}, "versions": {}, "created": "2026-01-01T00:00:00Z"}
 
 
-def _history(ranks, aucs, losses):
+def _history(ranks, aucs, losses, spread):
     lines = [{"epoch": -1, "step": 0, "monitor": {"rank": ranks[0], "linear_auc": aucs[0],
-                                                   "knn_auc": aucs[0], "embed_std": 0.01,
-                                                   "embed_std_ref": 0.1, "dim": 100}}]
+                                                   "knn_auc": aucs[0], "proj_std": 0.07,
+                                                   "proj_std_ref": 0.1, "dim": 100}}]
     for e, (r, a, l) in enumerate(zip(ranks[1:], aucs[1:], losses)):
         lines.append({"epoch": e, "step": 10 * (e + 1), "loss": l,
                       "monitor": {"rank": r, "linear_auc": a, "knn_auc": a - 0.01,
-                                  "embed_std": 0.05, "embed_std_ref": 0.1, "dim": 100}})
+                                  "proj_std": spread, "proj_std_ref": 0.1, "dim": 100}})
     return lines
 
 
@@ -51,13 +51,13 @@ def _run_dir(tmp_path):
                for r in (0, 1)]
     run.mkdir()
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    histories = {"simclr": ([8.0, 20.0, 30.0], [0.70, 0.72, 0.78], [5.0, 4.0]),
-                 "yaware": ([8.0, 1.5, 1.02], [0.70, 0.65, 0.60], [6.9, 6.87])}
-    for method, (ranks, aucs, losses) in histories.items():
+    histories = {"simclr": ([8.0, 20.0, 30.0], [0.70, 0.72, 0.78], [5.0, 4.0], 0.05),
+                 "yaware": ([8.0, 1.5, 1.02], [0.70, 0.65, 0.60], [6.9, 6.87], 0.01)}
+    for method, (ranks, aucs, losses, spread) in histories.items():
         for seed in (0, 1):
             folder = run / "pretrain" / f"{method}-seed{seed}-{_sha(method, seed)[:8]}"
             folder.mkdir(parents=True)
-            text = "".join(json.dumps(h) + "\n" for h in _history(ranks, aucs, losses))
+            text = "".join(json.dumps(h) + "\n" for h in _history(ranks, aucs, losses, spread))
             (folder / "history.jsonl").write_text(text + '{"epoch": 1, "lo')  # torn last line
     return run, records
 
@@ -75,10 +75,11 @@ def test_report_has_the_monitor_table_figure_and_warnings(tmp_path, caplog):
     assert (run / "figures" / "monitors.png").stat().st_size > 10_000
     simclr_row = next(line for line in text.splitlines() if line.startswith("| simclr (seed 0)"))
     assert "8.0 → 30.0 (+22.0)" in simclr_row and "0.700 → 0.780 (+0.080)" in simclr_row
-    assert simclr_row.endswith("| ok |") and "0.10 → 0.50" in simclr_row  # std · sqrt(d)
+    assert simclr_row.endswith("| ok |") and "0.70 → 0.50" in simclr_row  # std · sqrt(d)
     yaware_row = next(line for line in text.splitlines() if line.startswith("| yaware (seed 1)"))
     assert "**collapsed**" in yaware_row and "**below random init**" in yaware_row
-    assert "yaware (seed 0) collapsed: effective rank 1.02" in caplog.text
+    assert "yaware (seed 0) collapsed after 2 epoch(s): effective rank 1.02 < 2" in caplog.text
+    assert "narrow cone: std·√d 0.100 < 0.25 (0.70 at random init)" in caplog.text
     assert "yaware (seed 1) did not learn: linear-probe ROC-AUC 0.600" in caplog.text
     assert "simclr" not in caplog.text
 

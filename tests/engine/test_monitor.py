@@ -12,7 +12,7 @@ import torch
 from ssltk.config import MonitorConfig, PretrainSettings
 from ssltk.engine import PretrainRun, pretrain
 from ssltk.engine.checkpoint import load_checkpoint
-from ssltk.engine.monitor import (COLLAPSE_RANK, INIT_EPOCH, diagnose, effective_rank,
+from ssltk.engine.monitor import (COLLAPSE_RANK, COLLAPSE_STD, INIT_EPOCH, diagnose, effective_rank,
                                   fixed_subset, knn_scores, linear_probe_scores, monitor_series,
                                   normalised_std, probe_metrics)
 
@@ -95,6 +95,19 @@ def _history(ranks, aucs):
             for e, (r, a) in enumerate(zip(ranks, aucs))]
 
 
+def test_a_collapse_into_a_narrow_cone_is_named_even_at_a_high_effective_rank():
+    rng = np.random.default_rng(0)
+    cone = np.array([1.0] + [0.0] * 63) + 0.01 * rng.standard_normal((256, 64))
+    spread = normalised_std(cone) * 8.0  # sqrt(64)
+    assert effective_rank(cone) > 4 * COLLAPSE_RANK and spread < COLLAPSE_STD / 2
+    monitor = {"rank": 40.0, "proj_rank": effective_rank(cone), "proj_dim": 64,
+               "proj_std": normalised_std(cone), "proj_std_ref": 1 / 8.0}
+    history = [{"epoch": -1, "monitor": {**monitor, "proj_std": 0.1}},
+               {"epoch": 0, "monitor": monitor}]
+    (warning,) = diagnose(history)
+    assert "narrow cone" in warning and f"{spread:.3f}" in warning and "0.80 at random" in warning
+
+
 def test_diagnose_names_collapse_and_runs_that_end_below_random_init():
     assert diagnose(_history([10.0, 30.0, 40.0], [0.70, 0.72, 0.80])) == []
     collapsed = diagnose(_history([10.0, 3.0, 1.01], [0.70, 0.72, 0.75]))
@@ -121,6 +134,7 @@ def test_history_holds_the_monitors_from_random_init_on(store2d, tmp_path):
     for h in result.history:
         m = h["monitor"]
         assert m["n"] == 16 and m["dim"] == 128 and 1.0 <= m["rank"] <= 16
+        assert m["proj_dim"] == 128 and 1.0 <= m["proj_rank"] <= 16 and m["proj_std"] > 0
         assert m["embed_std_ref"] == pytest.approx(1 / math.sqrt(128))
         assert 0.0 <= m["knn_auc"] <= 1.0 and 0.0 <= m["linear_auc"] <= 1.0
     lines = [json.loads(x) for x in (tmp_path / "pt" / "history.jsonl").read_text().splitlines()]
@@ -139,9 +153,10 @@ def test_monitors_do_not_change_the_weights_nor_the_run_hash(store2d, tmp_path):
 
 
 def test_every_n_epochs_and_always_the_last(store2d, tmp_path):
-    result = pretrain(_run(store2d, {"every": 2}, epochs=3), tmp_path / "pt")
+    result = pretrain(_run(store2d, {"every": 2}, epochs=3, objective="genesis"), tmp_path / "pt")
     assert [h["epoch"] for h in result.history if "monitor" in h] == [INIT_EPOCH, 1, 2]
     assert "knn_auc" not in result.history[0]["monitor"]  # no target: no probes
+    assert "proj_rank" not in result.history[0]["monitor"]  # genesis has no embeddings
 
 
 def test_a_bad_monitor_target_is_a_clear_error(store2d, tmp_path):
