@@ -114,6 +114,9 @@ class MonitorConfig(StrictModel):
     probes: bool = Field(default=True, description="In a benchmark: probe data.target when "
                                                    "`target` is unset (false: no probes).")
     labelled_size: int = Field(default=512, ge=4, description="Labelled rows for the probes.")
+    proj_size: int = Field(default=128, ge=0, description="Rows (of the rank subset) on which "
+                                                          "the objective's embeddings are measured; 0: "
+                                                          "not measured.")
     knn_k: int = Field(default=20, ge=1, description="Neighbours of the k-NN probe.")
     knn_temperature: float = Field(default=0.07, gt=0, description="k-NN vote temperature.")
     probe_c: float = Field(default=0.1, gt=0, description="Inverse L2 strength of the linear probe.")

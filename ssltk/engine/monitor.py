@@ -222,9 +222,10 @@ class Monitor:
         from ssltk.distributed import is_distributed
         from ssltk.interfaces import Batch
 
-        if not self.projections or is_distributed():
+        if not self.projections or is_distributed() or self.config.proj_size < 2:
             return None
         rows = self.labelled.rows if self.rows is None else self.rows
+        rows = fixed_subset(rows, self.config.proj_size)
         reader = BatchReader(self.store, objective.required_columns())
         buffers = {k: v.clone() for k, v in objective.named_buffers()}
         rng, was_training = torch.get_rng_state(), objective.training
