@@ -25,7 +25,8 @@ from ssltk.interfaces import Augmentation, SpatialAugmentation
 from ssltk.resample import affine_grid, compose, crop_box, resample
 from ssltk.specs import ComponentSpec
 
-__all__ = ["DEFAULT_PIPELINE", "Pipeline", "affine_grid", "compose", "crop_box", "resample"]
+__all__ = ["DEFAULT_PIPELINE", "DEFAULT_PIPELINE_2D", "INTENSITY_JITTER", "Pipeline",
+           "default_pipeline", "affine_grid", "compose", "crop_box", "resample"]
 
 DEFAULT_PIPELINE: list[dict[str, Any]] = [
     {"name": "random_resized_crop", "p": 1.0, "scale": [0.6, 1.0], "ratio": [0.8, 1.25]},
@@ -42,6 +43,33 @@ only anatomically plausible flip); small rigid-ish affine (±10°, ±10 % scale,
 the time; blur (sigma 0.5-1 voxel) and noise (std 0.01-0.05) half the time each; one cutout box
 of 10-25 % of each side half the time. See docs/augmentations.md.
 """
+
+INTENSITY_JITTER: list[dict[str, Any]] = [
+    {"name": "intensity", "p": 0.8, "scale": [0.7, 1.3], "shift": [-0.2, 0.2]},
+    {"name": "gamma", "p": 0.5, "gamma": [0.6, 1.6]},
+    {"name": "contrast", "p": 0.5, "factor": [0.6, 1.4]},
+]
+"""Grey-level jitter, the grey-image counterpart of SimCLR's colour distortion: a random global
+scale (0.7-1.3) and shift (±0.2) 80 % of the time, a gamma curve (0.6-1.6) and a contrast change
+(0.6-1.4) half the time each."""
+
+DEFAULT_PIPELINE_2D: list[dict[str, Any]] = DEFAULT_PIPELINE + INTENSITY_JITTER
+"""Default view pipeline of 2D stores: :data:`DEFAULT_PIPELINE` then :data:`INTENSITY_JITTER`.
+
+Without the jitter, contrastive objectives tell 2D images apart by their grey levels and their
+frozen features did not beat a random encoder's on real chest X-rays; with it, SimCLR's went
+from 0.879 to 0.946 ROC-AUC at 1 % of labels (random init 0.865). At the 3D quickstart's scale
+the same jitter made SimCLR's task too hard for its 100 steps (loss stuck near its chance
+value), so 3D keeps :data:`DEFAULT_PIPELINE`. Evidence: docs/studies/pneumonia.md.
+"""
+
+
+def default_pipeline(spatial_dims: int) -> list[dict[str, Any]]:
+    """The view pipeline a run that gives none uses: :data:`DEFAULT_PIPELINE_2D` for 2D images,
+    :data:`DEFAULT_PIPELINE` for 3D volumes (copies: callers may edit them)."""
+    specs = DEFAULT_PIPELINE_2D if spatial_dims == 2 else DEFAULT_PIPELINE
+    return [dict(spec) for spec in specs]
+
 
 
 class Pipeline:

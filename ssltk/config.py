@@ -141,7 +141,8 @@ class PretrainConfig(PretrainSettings):
     objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
     augmentations: list[ComponentSpec] | None = Field(
         default=None, description="Pipeline applied to make each view, in order; "
-                                  "None uses ssltk.augment.DEFAULT_PIPELINE.")
+                                  "None uses ssltk.augment.default_pipeline (DEFAULT_PIPELINE "
+                                  "in 3D, DEFAULT_PIPELINE_2D in 2D).")
     augmentation_sets: dict[str, list[ComponentSpec]] | None = Field(
         default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
 

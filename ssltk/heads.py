@@ -37,14 +37,20 @@ class ProjectionHeadConfig(ComponentConfig):
                     "3 the SimCLRv2 head.")
     proj_batch_norm: bool = Field(
         default=False, description="BatchNorm after each hidden Linear (SimCLRv2 style).")
+    proj_output_norm: bool = Field(
+        default=False,
+        description="BatchNorm without affine parameters on the output (MoCo v3's projector): "
+                    "centres every dimension over the batch, so the embeddings cannot all "
+                    "drift into one narrow cone.")
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2,
-                    batch_norm: bool = False) -> nn.Sequential:
+                    batch_norm: bool = False, output_norm: bool = False) -> nn.Sequential:
     """An MLP ``(B, in_dim) -> (B, out_dim)``.
 
     ``num_layers - 1`` hidden blocks ``Linear(hidden_dim) [-> BatchNorm1d] -> ReLU`` followed by
-    a final ``Linear(out_dim)``; ``num_layers=1`` is a single Linear.
+    a final ``Linear(out_dim) [-> BatchNorm1d(affine=False)]``; ``num_layers=1`` is a single
+    Linear (plus the output norm when asked).
 
     Args:
         in_dim: size of the representation fed to the head.
@@ -52,6 +58,8 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int 
         out_dim: size of the projection.
         num_layers: number of Linear layers (>= 1).
         batch_norm: add BatchNorm1d after each hidden Linear (whose bias is then dropped).
+        output_norm: end with ``BatchNorm1d(out_dim, affine=False)`` (the final Linear's bias
+            is then dropped), as MoCo v3's projector (Chen, Xie, He, ICCV 2021).
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -63,7 +71,9 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int 
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         width = hidden_dim
-    layers.append(nn.Linear(width, out_dim))
+    layers.append(nn.Linear(width, out_dim, bias=not output_norm))
+    if output_norm:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
 
 
@@ -75,4 +85,5 @@ def build_projection_head(config: ProjectionHeadConfig, in_dim: int) -> nn.Seque
         out_dim=config.proj_dim,
         num_layers=config.proj_layers,
         batch_norm=config.proj_batch_norm,
+        output_norm=config.proj_output_norm,
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssltk.augment import DEFAULT_PIPELINE, Pipeline
+from ssltk.augment import Pipeline, default_pipeline
 from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
 from ssltk.data.prefetch import Prefetcher, load_batch
 from ssltk.engine import runtime
@@ -65,8 +65,8 @@ def build_objective(run: PretrainRun, store: VolumeStore, registry: Registry) ->
     return registry.build("objectives", run.objective, "objective", backbone=backbone)
 
 
-def make_pipeline(run: PretrainRun, registry: Registry) -> Pipeline:
-    specs = DEFAULT_PIPELINE if run.augmentations is None else run.augmentations
+def make_pipeline(run: PretrainRun, registry: Registry, spatial_dims: int = 3) -> Pipeline:
+    specs = default_pipeline(spatial_dims) if run.augmentations is None else run.augmentations
     return Pipeline.from_specs(registry, specs, path="augmentations")
 
 
@@ -140,7 +140,7 @@ class _Trainer:
         if run.channels_last:
             self.objective = self.objective.to(memory_format=runtime.channels_last(self.store))
         self.reader = BatchReader(self.store, self.objective.required_columns())
-        self.pipeline = make_pipeline(run, registry)
+        self.pipeline = make_pipeline(run, registry, self.store.spatial_dims)
         self.rows = np.arange(len(self.store)) if run.rows is None else np.asarray(run.rows)
         self.steps_per_epoch = len(self.rows) // run.batch_size
         if self.steps_per_epoch == 0:

@@ -40,7 +40,8 @@ class PretrainRun(PretrainSettings):
     backbone: ComponentSpec
     objective: ObjectiveSpec
     augmentations: list[ComponentSpec] | None = Field(
-        default=None, description="View pipeline; None uses ssltk.augment.DEFAULT_PIPELINE.")
+        default=None, description="View pipeline; None uses ssltk.augment.default_pipeline "
+                                   "(DEFAULT_PIPELINE in 3D, DEFAULT_PIPELINE_2D in 2D).")
     seed: int = 0
 
 
@@ -65,7 +66,8 @@ def pretrain_run(config: BenchmarkConfig, objective: ObjectiveSpec, *, store: st
         config: the benchmark; gives the backbone and every ``[pretrain]`` setting.
         objective: one of ``config.pretrain.objectives``.
         store: one of ``config.data.pretrain_stores()``.
-        augmentations: the view pipeline (None: ``ssltk.augment.DEFAULT_PIPELINE``).
+        augmentations: the view pipeline (None: ``ssltk.augment.default_pipeline``, which
+            adds grey-level jitter in 2D).
         seed: the run's seed.
     """
     return PretrainRun(store=store, backbone=config.backbone, objective=objective,
