@@ -19,6 +19,7 @@ from ssltk.distributed import (
 )
 from ssltk.heads import ProjectionHeadConfig, build_projection_head
 from ssltk.interfaces import Batch, Objective, ObjectiveOutput
+from ssltk.losses import positive_top1
 from ssltk_moco.loss import moco_logits
 
 
@@ -119,14 +120,15 @@ class MoCo(Objective):
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + n) % size)
 
-    def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, float]:
+    def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
         # The loss in float32 even under autocast: logits are cosines / tau, up to 1 / tau.
         with torch.autocast(q.device.type, enabled=False):
             logits = moco_logits(q.float(), k.float(), queue.float(),
                                  self.config.temperature)  # (B, 1 + K)
             targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
             loss = F.cross_entropy(logits, targets)  # the positive is column 0
-        acc = (logits.detach().argmax(dim=1) == 0).float().mean()
+        # strict: with collapsed embeddings every logit ties and argmax would say "column 0"
+        acc = positive_top1(logits.detach(), targets)
         return loss, acc
 
     def forward(self, batch: Batch) -> ObjectiveOutput:

@@ -200,3 +200,14 @@ def test_loss_is_float32_under_autocast(tiny_backbone, batch):
         out = objective(batch)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert objective.queue.dtype == torch.float32
+
+
+def test_acc_counts_ties_as_misses(tiny_backbone):
+    objective = MoCo(small_config(), backbone=tiny_backbone)
+    q = torch.zeros(4, objective.config.proj_dim)
+    q[:, 0] = 1.0  # collapsed: q = k = every queued key, so every logit is exactly 1 / tau
+    _, acc = objective._contrast(q, q.clone(), q[:1].expand(10, -1).clone())
+    assert acc == 0.0  # argmax of tied logits would have said 1.0
+    k = F.normalize(torch.eye(4, objective.config.proj_dim), dim=1)
+    _, acc = objective._contrast(k, k.clone(), -k[:1].expand(10, -1).clone())
+    assert acc == 1.0

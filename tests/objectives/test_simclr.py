@@ -133,3 +133,14 @@ def test_loss_is_float32_under_autocast(tiny_backbone, batch):
         out = objective(batch)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert out.embeddings.dtype == torch.float32
+
+
+def test_positive_top1_counts_ties_as_misses():
+    from ssltk_simclr import positive_top1
+
+    logits = torch.tensor([[float("-inf"), 1.0, 1.0], [0.5, float("-inf"), 0.2],
+                           [0.3, 0.9, float("-inf")]])
+    targets = torch.tensor([1, 0, 1])
+    assert float(positive_top1(logits, targets)) == pytest.approx(2 / 3)  # row 0 tie: a miss
+    collapsed = torch.zeros(4, 4).fill_diagonal_(float("-inf"))
+    assert float(positive_top1(collapsed, torch.tensor([2, 3, 0, 1]))) == 0.0
