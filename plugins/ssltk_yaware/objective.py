@@ -20,7 +20,14 @@ from ssltk_yaware.loss import log_probs, rbf_kernel, weighted_nll, yaware_weight
 class YAwareConfig(ProjectionHeadConfig):
     proj_hidden_dim: int | None = Field(
         default=512, ge=1, description="Hidden width of the head (512 in the published code).")
-    temperature: float = Field(default=0.1, gt=0, description="Softmax temperature tau.")
+    proj_output_norm: bool = Field(
+        default=True,
+        description="End the head with BatchNorm1d(affine=False) (MoCo v3's projector). The "
+                    "published head (false) collapses into a narrow cone when sigma is wide "
+                    "relative to the anchor's spread in a batch (docs/methods/yaware.md).")
+    temperature: float = Field(
+        default=0.5, gt=0,
+        description="Softmax temperature tau (published: 0.1, with the published head).")
     normalization: Literal["published", "per_anchor"] = Field(
         default="published",
         description="'published' reproduces the authors' code (W / W.sum(axis=1) with numpy "
@@ -49,7 +56,10 @@ class YAware(Objective):
     Meta-Data for 3D MRI Classification", MICCAI 2021).
 
     Two views per subject go through the backbone and a projection head (published: Linear(512),
-    ReLU, Linear(128)); every pair of the 2N views is attracted in proportion to the kernel of
+    ReLU, Linear(128); ours by default adds BatchNorm1d(affine=False) on the output and uses
+    tau = 0.5, because the published head collapses at small batch or wide sigma, see
+    docs/methods/yaware.md; ``proj_output_norm = false, temperature = 0.1`` is the published
+    setting); every pair of the 2N views is attracted in proportion to the kernel of
     their subjects' meta-data. The kernel is the ``anchor`` given in the TOML, or an RBF of width
     ``sigma`` on ``column`` (age, sigma = 5 years) when none is. Under DDP the projections and
     the meta-data are gathered from every rank.

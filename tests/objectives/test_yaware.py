@@ -160,7 +160,7 @@ def test_objective_with_anchor(tiny_backbone, batch, age_anchor):
     assert out.embeddings.shape == (2, 8, 128) and set(out.logs) == {"loss", "acc"}
     torch.testing.assert_close(out.embeddings.norm(dim=-1), torch.ones(2, 8))
     z1, z2 = (objective.head(tiny_backbone(v)) for v in batch.views)
-    expected = yaware_loss(z1, z2, labels=batch.meta["age"], sigma=5.0)
+    expected = yaware_loss(z1, z2, labels=batch.meta["age"], sigma=5.0, temperature=0.5)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_backbone.parameters())
@@ -171,7 +171,7 @@ def test_objective_default_anchor_is_age_rbf_sigma_5(tiny_backbone, batch, regis
         objective = YAware(YAware.Config(), backbone=tiny_backbone, registry=reg).eval()
         assert objective.required_columns() == ("age",)
         z1, z2 = (objective.head(tiny_backbone(v)) for v in batch.views)
-        expected = yaware_loss(z1, z2, labels=batch.meta["age"], sigma=5.0)
+        expected = yaware_loss(z1, z2, labels=batch.meta["age"], sigma=5.0, temperature=0.5)
         torch.testing.assert_close(objective(batch).loss, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -179,7 +179,8 @@ def test_per_anchor_option_and_config_validation(registry, tiny_backbone, batch)
     objective = registry.create("objectives", "yaware", {"normalization": "per_anchor"},
                                 backbone=tiny_backbone, anchor=None, registry=registry).eval()
     z1, z2 = (objective.head(tiny_backbone(v)) for v in batch.views)
-    expected = yaware_loss(z1, z2, labels=batch.meta["age"], normalization="per_anchor")
+    expected = yaware_loss(z1, z2, labels=batch.meta["age"], normalization="per_anchor",
+                           temperature=0.5)
     torch.testing.assert_close(objective(batch).loss, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="normalization"):
         registry.config("objectives", "yaware", {"normalization": "rows"})
@@ -197,6 +198,17 @@ def test_missing_column_is_a_clear_error(tiny_backbone, batch):
         objective(Batch(views=batch.views, meta=batch.meta))
 
 
+def test_defaults_end_the_head_with_a_batch_norm_and_use_tau_half(tiny_backbone):
+    """docs/methods/yaware.md: the published head (tau 0.1) collapses at small batch / wide sigma."""
+    objective = YAware(YAware.Config(), backbone=tiny_backbone)
+    assert objective.config.temperature == 0.5
+    last = objective.head[-1]
+    assert isinstance(last, torch.nn.BatchNorm1d) and not last.affine
+    published = YAware(YAware.Config(proj_output_norm=False, temperature=0.1),
+                       backbone=tiny_backbone)
+    assert [type(m).__name__ for m in published.head] == ["Linear", "ReLU", "Linear"]
+
+
 def test_loss_is_float32_under_autocast(tiny_backbone, batch, age_anchor):
     objective = YAware(YAware.Config(), backbone=tiny_backbone, anchor=age_anchor())
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -210,5 +222,6 @@ def test_with_the_anchors_plugin_rbf(registry, tiny_backbone, batch):
     anchor = registry.create("anchors", "rbf", {"columns": ["age"], "sigma": 5.0})
     objective = YAware(YAware.Config(), backbone=tiny_backbone, anchor=anchor).eval()
     z1, z2 = (objective.head(tiny_backbone(v)) for v in batch.views)
-    expected = published_numpy(z1.detach(), z2.detach(), batch.meta["age"], sigma=5.0)
+    expected = published_numpy(z1.detach(), z2.detach(), batch.meta["age"], sigma=5.0,
+                               tau=0.5)
     assert objective(batch).loss.item() == pytest.approx(expected, abs=1e-5)
