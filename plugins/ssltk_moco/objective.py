@@ -27,14 +27,25 @@ class MoCoConfig(ProjectionHeadConfig):
     proj_hidden_dim: int | None = Field(
         default=2048, ge=1, description="Hidden width of the MLP head (2048 in MoCo v2).")
     temperature: float = Field(default=0.2, gt=0, description="InfoNCE temperature tau.")
+    proj_output_norm: bool = Field(
+        default=True,
+        description="End the head with BatchNorm1d(affine=False) (MoCo v3's projector). The "
+                    "MoCo v2 head (false) puts a random-init encoder's keys in a narrow cone "
+                    "and the queries collapse onto it (docs/methods/moco.md).")
     momentum: float = Field(
-        default=0.999, ge=0, le=1, description="Key encoder momentum m: k <- m k + (1 - m) q.")
+        default=0.99, ge=0, le=1,
+        description="Key encoder momentum m: k <- m k + (1 - m) q (the paper: 0.999, for "
+                    "~10^5-10^6 steps; 0.99 suits runs of a few hundred steps).")
     queue_size: int = Field(
-        default=4096, ge=1,
+        default=1024, ge=1,
         description="Negatives in the queue K (the paper: 65536 on ImageNet). Need not be a "
                     "multiple of the batch size: the pointer wraps around.")
     symmetric: bool = Field(
         default=False, description="Use both views as queries and average the two losses.")
+    queue_warm_start: bool = Field(
+        default=True,
+        description="Use only enqueued keys as negatives (false: the official random initial "
+                    "queue, which collapses short runs, see docs/methods/moco.md).")
     shuffle_bn: bool = Field(
         default=True, description="Shuffled BN for the keys (across ranks under DDP).")
     shuffle_bn_splits: int = Field(
@@ -45,7 +56,10 @@ class MoCoConfig(ProjectionHeadConfig):
 
 class MoCo(Objective):
     """MoCo v2 (He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive
-    Learning", arXiv:2003.04297, 2020).
+    Learning", arXiv:2003.04297, 2020), with defaults for short runs: the head ends with a batch
+    norm (MoCo v3, Chen, Xie, He, ICCV 2021), m = 0.99, K = 1024, and only real keys serve as
+    negatives (docs/methods/moco.md; the paper's setting: ``proj_output_norm = false,
+    momentum = 0.999, queue_size = 65536, queue_warm_start = false``).
 
     Queries come from the backbone + MLP head; keys from a momentum copy of both (no gradient),
     updated in :meth:`on_step_end`, i.e. after each optimiser step and so before the next
@@ -72,6 +86,9 @@ class MoCo(Objective):
         queue = F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=1)
         self.register_buffer("queue", queue)  # (K, D), row j = one negative key
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # Rows of the queue holding real keys (rows [0, queue_len) since the pointer starts at
+        # 0); the random rows are never used as negatives, see :meth:`negatives`.
+        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long))
 
     def _key_params(self):
         yield from self.key_backbone.parameters()
@@ -119,6 +136,20 @@ class MoCo(Objective):
         idx = (ptr + torch.arange(n, device=keys.device)) % size  # wraps past the end
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.fill_((ptr + n) % size)
+        self.queue_len.fill_(min(size, int(self.queue_len) + n))
+
+    def negatives(self) -> Tensor:
+        """The queue's real keys ``(min(K, keys enqueued so far), D)``, a copy.
+
+        The official code starts from K random unit vectors. A random-init encoder's keys sit in
+        a narrow cone, so a query beats those random rows by pointing at the cone's centre: on
+        PneumoniaMNIST every query collapsed onto one vector within 5 steps (cosine 0.995 between
+        any two images) and never recovered (docs/methods/moco.md). Until K keys have been
+        enqueued, only the real ones are negatives (none at the very first step).
+        """
+        if not self.config.queue_warm_start:
+            return self.queue.clone()
+        return self.queue[: int(self.queue_len)].clone()
 
     def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
         # The loss in float32 even under autocast: logits are cosines / tau, up to 1 / tau.
@@ -128,12 +159,14 @@ class MoCo(Objective):
             targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
             loss = F.cross_entropy(logits, targets)  # the positive is column 0
         # strict: with collapsed embeddings every logit ties and argmax would say "column 0"
+        if logits.shape[1] == 1:  # first step with queue_warm_start: no negative yet
+            return loss, torch.zeros((), device=logits.device)
         acc = positive_top1(logits.detach(), targets)
         return loss, acc
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         v1, v2 = batch.views
-        queue = self.queue.clone()  # enqueue below must not touch the tensor autograd saved
+        queue = self.negatives()  # a copy: enqueue below must not touch what autograd saved
         q1, k2 = self.query(v1), self.keys(v2, batch.generator)
         loss, acc = self._contrast(q1, k2, queue)
         new_keys, embeddings = k2, torch.stack([q1, k2])

@@ -91,6 +91,28 @@ def test_queue_advances_and_wraps(tiny_backbone, batch_factory):
         assert not torch.equal(objective.queue[written], before[written])
 
 
+def test_negatives_are_only_enqueued_keys(tiny_backbone, batch_factory):
+    """Regression: the random initial queue made queries collapse within 5 steps (moco.md)."""
+    objective = MoCo(small_config(queue_size=12), backbone=tiny_backbone)
+    b1, b2 = batch_factory(n=8, seed=0), batch_factory(n=8, seed=1)
+    assert "queue_len" in objective.state_dict() and objective.negatives().shape == (0, 8)
+    out = objective(b1)  # first step: no negative yet, a one-column softmax
+    assert out.loss.item() == 0.0 and out.logs["acc"] == 0.0
+    assert int(objective.queue_len) == 8
+    keys1 = objective.queue[:8].clone()
+    objective.eval()
+    v1, v2 = b2.views
+    q, k = objective.query(v1), objective._encode_key(v2)
+    expected = loop_infonce(q.tolist(), k.tolist(), keys1.tolist(), 0.2)  # 8 negatives, not 12
+    assert objective(b2).loss.item() == pytest.approx(expected, rel=1e-5)
+    objective.train()
+    objective(b2)
+    objective(b1)
+    assert int(objective.queue_len) == 12 and objective.negatives().shape == (12, 8)
+    official = MoCo(small_config(queue_size=12, queue_warm_start=False), backbone=tiny_backbone)
+    assert official.negatives().shape == (12, 8)  # the official random rows
+
+
 def test_eval_forward_leaves_the_queue_alone(tiny_backbone, batch):
     objective = MoCo(small_config(), backbone=tiny_backbone).eval()
     before = objective.queue.clone()
@@ -114,6 +136,8 @@ def test_momentum_update_formula_and_no_grad_to_key_encoder(tiny_backbone, batch
     assert all(torch.equal(a, b) for a, b in zip(q_params, k_params))  # a copy at start
     opt = torch.optim.SGD([p for p in objective.parameters() if p.requires_grad], lr=0.1)
     assert all(not p.requires_grad for p in k_params)
+    with torch.no_grad():
+        objective(batch)  # enqueues keys: the very first step has no negative, so no gradient
     out = objective(batch)
     out.loss.backward()
     assert all(p.grad is None for p in k_params)
@@ -146,7 +170,8 @@ def test_shuffled_bn_single_process(tiny_backbone, batch):
 
 
 def test_symmetric_loss_uses_both_views(tiny_backbone, batch):
-    objective = MoCo(small_config(symmetric=True, queue_size=32), backbone=tiny_backbone).eval()
+    objective = MoCo(small_config(symmetric=True, queue_size=32, queue_warm_start=False),
+                     backbone=tiny_backbone).eval()
     out = objective(batch)
     queue = objective.queue
     v1, v2 = batch.views
@@ -178,14 +203,15 @@ def test_loss_decreases(mlp_backbone, batch_factory):
         opt.step()
         objective.on_step_end()
         losses.append(out.loss.item())
-    # Steps 0-1 still see the random initial queue (easy negatives): compare from step 2 on.
+    # Step 0 has no negative (loss 0) and step 1 only 8: compare from step 2 on.
     early, late = sum(losses[2:6]) / 4, sum(losses[-4:]) / 4
     assert late < 0.6 * early, losses
 
 
 def test_defaults_and_registry(registry, tiny_backbone):
     config = registry.config("objectives", "moco", {})
-    assert (config.temperature, config.momentum, config.queue_size) == (0.2, 0.999, 4096)
+    assert (config.temperature, config.momentum, config.queue_size) == (0.2, 0.99, 1024)
+    assert config.proj_output_norm and config.queue_warm_start  # docs/methods/moco.md
     assert (config.proj_hidden_dim, config.proj_dim, config.symmetric) == (2048, 128, False)
     objective = registry.create("objectives", "moco", {"queue_size": 7, "proj_hidden_dim": 16},
                                 backbone=tiny_backbone, anchor=None, registry=registry)
