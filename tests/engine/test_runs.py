@@ -27,6 +27,7 @@ FINETUNE = {
 PRETRAIN = {
     "epochs": 3, "batch_size": 4, "precision": "fp32", "channels_last": True,
     "optimizer": {"name": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 1.0},
+    "monitor": {"every": 2, "size": 64, "target": "sex", "classes": ["F", "M"], "knn_k": 5},
 }
 """A value other than the default for every pretraining setting."""
 
@@ -81,6 +82,7 @@ def test_every_pretrain_setting_of_the_toml_reaches_the_run(config_with):
                        augmentations=None, seed=2)
     got = dumped(run, PretrainSettings)
     got["optimizer"] = {k: got["optimizer"][k] for k in PRETRAIN["optimizer"]}
+    got["monitor"] = {k: got["monitor"][k] for k in PRETRAIN["monitor"]}
     assert got == PRETRAIN
     assert run.seed == 2 and run.objective.name == "simclr" and run.augmentations is None
 
