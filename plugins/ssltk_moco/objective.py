@@ -145,22 +145,32 @@ class MoCo(Objective):
         a narrow cone, so a query beats those random rows by pointing at the cone's centre: on
         PneumoniaMNIST every query collapsed onto one vector within 5 steps (cosine 0.995 between
         any two images) and never recovered (docs/methods/moco.md). Until K keys have been
-        enqueued, only the real ones are negatives (none at the very first step).
+        enqueued, only the real ones are negatives (none at the very first step, where
+        :meth:`_contrast` uses the batch's other keys).
         """
         if not self.config.queue_warm_start:
             return self.queue.clone()
         return self.queue[: int(self.queue_len)].clone()
 
     def _contrast(self, q: Tensor, k: Tensor, queue: Tensor) -> tuple[Tensor, Tensor]:
+        """InfoNCE of queries ``q`` against keys ``k`` ``(B, D)`` and negatives ``queue``.
+
+        An empty ``queue`` (the first step under ``queue_warm_start``) contrasts each query with
+        the batch's other keys instead: column j + 1 is ``k_j``, and ``k_i`` itself is masked.
+        """
+        in_batch = queue.shape[0] == 0
+        if in_batch:
+            queue = F.normalize(k.detach().float(), dim=1)
         # The loss in float32 even under autocast: logits are cosines / tau, up to 1 / tau.
         with torch.autocast(q.device.type, enabled=False):
             logits = moco_logits(q.float(), k.float(), queue.float(),
                                  self.config.temperature)  # (B, 1 + K)
+            if in_batch:
+                own = F.pad(torch.eye(q.shape[0], dtype=torch.bool, device=q.device), (1, 0))
+                logits = logits.masked_fill(own, float("-inf"))  # (B, 1 + B)
             targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
             loss = F.cross_entropy(logits, targets)  # the positive is column 0
         # strict: with collapsed embeddings every logit ties and argmax would say "column 0"
-        if logits.shape[1] == 1:  # first step with queue_warm_start: no negative yet
-            return loss, torch.zeros((), device=logits.device)
         acc = positive_top1(logits.detach(), targets)
         return loss, acc
 

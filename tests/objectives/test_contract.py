@@ -38,6 +38,9 @@ TINY_PARAMS: dict[str, dict] = {
     # Barlow Twins decorrelates D features from a batch of N samples: with N = 4 the paper-like
     # 2048-wide projector has no room to improve (its cross-correlation has rank < 4).
     "barlow": {"projector_dims": [128, 128, 128]},
+    # MoCo contrasts with the keys enqueued so far: its loss grows with their number until the
+    # queue is full, after 2 steps with 8 slots (the default 1024 would take 256 steps of 4).
+    "moco": {"queue_size": 8},
 }
 """Non-default parameters some objectives need on the tiny problem (by objective name)."""
 

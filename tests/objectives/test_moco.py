@@ -96,8 +96,13 @@ def test_negatives_are_only_enqueued_keys(tiny_backbone, batch_factory):
     objective = MoCo(small_config(queue_size=12), backbone=tiny_backbone)
     b1, b2 = batch_factory(n=8, seed=0), batch_factory(n=8, seed=1)
     assert "queue_len" in objective.state_dict() and objective.negatives().shape == (0, 8)
-    out = objective(b1)  # first step: no negative yet, a one-column softmax
-    assert out.loss.item() == 0.0 and out.logs["acc"] == 0.0
+    v1, v2 = b1.views
+    q, k = objective.query(v1), objective.keys(v2, torch.Generator().manual_seed(0))
+    out = objective(b1)  # first step: the batch's other keys are the negatives
+    expected = sum(loop_infonce([q[i].tolist()], [k[i].tolist()],
+                                [k[j].tolist() for j in range(8) if j != i], 0.2)
+                   for i in range(8)) / 8
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     assert int(objective.queue_len) == 8
     keys1 = objective.queue[:8].clone()
     objective.eval()
@@ -136,8 +141,6 @@ def test_momentum_update_formula_and_no_grad_to_key_encoder(tiny_backbone, batch
     assert all(torch.equal(a, b) for a, b in zip(q_params, k_params))  # a copy at start
     opt = torch.optim.SGD([p for p in objective.parameters() if p.requires_grad], lr=0.1)
     assert all(not p.requires_grad for p in k_params)
-    with torch.no_grad():
-        objective(batch)  # enqueues keys: the very first step has no negative, so no gradient
     out = objective(batch)
     out.loss.backward()
     assert all(p.grad is None for p in k_params)
@@ -203,7 +206,7 @@ def test_loss_decreases(mlp_backbone, batch_factory):
         opt.step()
         objective.on_step_end()
         losses.append(out.loss.item())
-    # Step 0 has no negative (loss 0) and step 1 only 8: compare from step 2 on.
+    # Step 0 contrasts with the batch's own keys (7 negatives), step 1 with 8: from step 2 on.
     early, late = sum(losses[2:6]) / 4, sum(losses[-4:]) / 4
     assert late < 0.6 * early, losses
 
