@@ -352,7 +352,9 @@ def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
 
     * collapsed: the last measured ``rank`` (backbone) or ``proj_rank`` (objective's
       embeddings) is below :data:`COLLAPSE_RANK`, or the objective's embeddings'
-      ``proj_std * sqrt(proj_dim)`` is below :data:`COLLAPSE_STD`;
+      ``proj_std * sqrt(proj_dim)`` is below :data:`COLLAPSE_STD`, and in each case below its
+      value at random init (a tiny network can start in a cone; only falling into one is a
+      collapse);
     * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one.
     """
     series = monitor_series(history)
@@ -360,14 +362,14 @@ def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
         return []
     (e0, first), (e1, last) = series[0], series[-1]
     warnings, collapse = [], []
-    if last.get("rank", math.inf) < COLLAPSE_RANK:
+    if last.get("rank", math.inf) < min(COLLAPSE_RANK, first.get("rank", math.inf)):
         collapse.append(f"effective rank {last['rank']:.2f} < {COLLAPSE_RANK:g} (of "
                         f"{last.get('dim')} dims; {first.get('rank', math.nan):.1f} at random init)")
-    if last.get("proj_rank", math.inf) < COLLAPSE_RANK:
+    if last.get("proj_rank", math.inf) < min(COLLAPSE_RANK, first.get("proj_rank", math.inf)):
         collapse.append(f"effective rank of the objective's embeddings {last['proj_rank']:.2f} "
                         f"< {COLLAPSE_RANK:g}")
     spread = _std_ratio(last, "proj")
-    if spread < COLLAPSE_STD:
+    if spread < min(COLLAPSE_STD, _std_ratio(first, "proj")):
         collapse.append(f"objective's embeddings in a narrow cone: std·√d {spread:.3f} < "
                         f"{COLLAPSE_STD:g} ({_std_ratio(first, 'proj'):.2f} at random init)")
     if collapse:
