@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from ssltk.distributed import (
     randperm,

@@ -9,7 +9,6 @@ hold a cell twice; a run killed mid-write may leave a half line), aggregates the
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
