@@ -6,7 +6,6 @@ installed plugin is tested with no new test code.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import scipy.ndimage
