@@ -4,6 +4,7 @@ Imported by test modules as ``from _tiny import ...`` (pytest puts this folder o
 
 * :func:`pretrain_steps` – the plain loop every objective test trains with (AdamW, step,
   ``on_step_end``), independent of the engine.
+* :class:`IdentityBackbone` – ``h = x`` on ``(B, 1, 1, 2)`` inputs, for heads set by hand.
 * :func:`tiny_volumes`, :func:`tiny_meta`, :func:`flip_noise_views` – a fixed problem: a few
   blob volumes in [0, 1], age (continuous, one missing) and sex (codes, one missing), views made
   by a seeded flip + Gaussian noise.
@@ -14,12 +15,30 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ssltk.interfaces import Batch, Objective
+from ssltk.interfaces import Backbone, Batch, Objective
 from ssltk.registry import Registry
 
 MakeViews = Callable[[Tensor, int, torch.Generator], list[Tensor]]
+
+
+# -- a backbone whose representation is its input ------------------------------------------
+class IdentityBackbone(Backbone):
+    """``(B, 1, 1, 2) -> (B, 2)``: the representation is the input's two pixels."""
+
+    name = "identity"
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.out_dim, self.feature_channels, self.feature_strides = 2, (1,), (1,)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        return [x * self.scale]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x * self.scale).flatten(1)
 
 
 # -- a fixed tiny problem -------------------------------------------------------------------

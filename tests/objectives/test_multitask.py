@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from _tiny import backbone, pretrain_steps, tiny_meta, tiny_volumes
-from torch import Tensor, nn
+from _tiny import IdentityBackbone, backbone, pretrain_steps, tiny_meta, tiny_volumes
 
 from ssltk.errors import ConfigError
-from ssltk.interfaces import Backbone, Batch, Objective, ObjectiveOutput
+from ssltk.interfaces import Batch, Objective, ObjectiveOutput
 from ssltk.registry import get_registry
 
 pytestmark = pytest.mark.numerics
@@ -36,23 +35,6 @@ class ConstantSSL(Objective):
 
     def on_step_end(self):
         self.step_ends += 1
-
-
-class IdentityBackbone(Backbone):
-    """``(B, 1, 1, 2) -> (B, 2)``: the representation is the input's two pixels."""
-
-    name = "identity"
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.out_dim, self.feature_channels, self.feature_strides = 2, (1,), (1,)
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        return [x * self.scale]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x * self.scale).flatten(1)
 
 
 @pytest.fixture(scope="module")

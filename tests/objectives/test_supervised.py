@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from _tiny import IdentityBackbone
+from torch import Tensor
 from typer.testing import CliRunner
 
 from ssltk.errors import ConfigError
-from ssltk.interfaces import Backbone, Batch
+from ssltk.interfaces import Batch
 from ssltk.registry import get_registry
 
 pytestmark = pytest.mark.numerics
@@ -22,23 +23,6 @@ pytestmark = pytest.mark.numerics
 H = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [2.0, 0.0]])
 AGE = torch.tensor([70.0, 80.0, float("nan"), 60.0])  # third missing
 SEX = torch.tensor([-1, 0, 1, 1])  # first missing
-
-
-class IdentityBackbone(Backbone):
-    """``(B, 1, 1, 2) -> (B, 2)``: the representation is the input's two pixels."""
-
-    name = "identity"
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.out_dim, self.feature_channels, self.feature_strides = 2, (1,), (1,)
-
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        return [x * self.scale]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x * self.scale).flatten(1)
 
 
 @pytest.fixture(scope="module")
