@@ -20,9 +20,9 @@ from ssltk.registry import Registry, format_validation_error
 from ssltk.specs import ComponentSpec, ObjectiveSpec, StrictModel, content_hash
 
 __all__ = [
-    "BenchmarkConfig", "ComponentSpec", "DataConfig", "FinetuneConfig", "FinetuneSettings",
-    "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings", "StrictModel",
-    "SynthSpec", "TargetSettings", "check_components", "content_hash", "json_schema",
+    "BenchmarkConfig", "ComponentSpec", "DataConfig", "ExternalEncoder", "FinetuneConfig",
+    "FinetuneSettings", "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings", "StrictModel",
+    "SynthSpec", "TargetSettings", "TestFrom", "check_components", "content_hash", "json_schema",
     "load_config",
 ]
 
@@ -124,6 +124,37 @@ class MonitorConfig(StrictModel):
     batch_size: int = Field(default=64, ge=1, description="Embedding batch size.")
 
 
+class ExternalEncoder(StrictModel):
+    """``[[pretrain.external]]``: an encoder trained elsewhere, a method of the grid.
+
+    Its weights file stands for a pretraining run (:mod:`ssltk.bench.external`): every
+    finetuning cell of the grid is run with it, for every seed, and reported like the others.
+    The key mapping is applied in this order: ``state_key``, ``drop``, ``strip_prefix``,
+    ``key_map``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$",
+                      description="Method label in the report (letters, digits, _ . + -).")
+    path: Path = Field(description="The weights file (relative: to the working directory, as "
+                                   "the stores): a state_dict, a checkpoint holding one, or an "
+                                   "ssltk encoder.pt / checkpoint.pt.")
+    backbone: ComponentSpec | None = Field(
+        default=None, description="The network the weights belong to, as the `[backbone]` "
+                                  "table (default: the grid's backbone).")
+    state_key: str | None = Field(
+        default=None, description="The sub-dict of the file holding the weights, dotted for "
+                                  "nested ones ('state_dict', 'model.encoder'); default: the "
+                                  "file itself if it is a state_dict, else the one of "
+                                  "'state_dict', 'model', 'net', 'encoder', 'backbone' it has.")
+    drop: list[str] = Field(default_factory=list,
+                            description="Key prefixes to discard (e.g. a decoder, 'conv_seg.').")
+    strip_prefix: str | None = Field(
+        default=None, description="Removed from the start of every key that has it "
+                                  "(e.g. 'module.').")
+    key_map: dict[str, str] = Field(
+        default_factory=dict, description="Key prefix -> replacement, the first that matches.")
+
+
 class PretrainSettings(StrictModel):
     """How to pretrain: shared by the TOML's ``[pretrain]`` table and the engine's PretrainRun."""
 
@@ -145,6 +176,9 @@ class PretrainConfig(PretrainSettings):
                                   "in 3D, DEFAULT_PIPELINE_2D in 2D).")
     augmentation_sets: dict[str, list[ComponentSpec]] | None = Field(
         default=None, description="Named pipelines: a grid axis (replaces `augmentations`).")
+    external: list[ExternalEncoder] = Field(
+        default_factory=list, description="Encoders trained elsewhere: more methods of the "
+                                          "grid (`[[pretrain.external]]`).")
 
 
 class FinetuneSettings(StrictModel):
@@ -163,6 +197,14 @@ class FinetuneSettings(StrictModel):
     precision: Precision = Field(default="auto", description=PRECISION_HELP)
 
 
+class TestFrom(StrictModel):
+    """``[finetune] test_from``: the store's own test rows, e.g. ``{column = "split",
+    value = "test"}``."""
+
+    column: str = Field(description="Metadata column of the store.")
+    value: str = Field(description="Rows with this value are the test set of every repeat.")
+
+
 class FinetuneConfig(FinetuneSettings):
     modes: list[Literal["frozen", "full"]] = Field(default_factory=lambda: ["frozen"], min_length=1)
     label_fractions: list[float] = Field(
@@ -175,6 +217,10 @@ class FinetuneConfig(FinetuneSettings):
     val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Of the labelled pool.")
     test_fraction: float = Field(default=0.3, gt=0, lt=0.8, description="Of the labelled pool.")
     stratify_site: str | None = Field(default=None, description="Also stratify splits by this column.")
+    test_from: TestFrom | None = Field(
+        default=None, description="Take the store's rows with this metadata value as the test "
+                                  "set of every repeat (replaces test_fraction); validation "
+                                  "and budgets are drawn from the other subjects.")
     save_models: Literal["none", "best", "all"] = Field(
         default="none", description="Save model bundles under RUN_DIR/models: 'best' keeps, per "
                                     "method and mode, the cell with the best validation score at "
@@ -187,6 +233,9 @@ class FinetuneConfig(FinetuneSettings):
         for f in self.label_fractions:
             if not 0 < f <= 1:
                 raise ValueError(f"label_fractions must be in (0, 1], got {f}")
+        if self.test_from is not None and "test_fraction" in self.model_fields_set:
+            raise ValueError("test_fraction is not used with test_from (the test set is the "
+                             "store's own); remove one of them")
         return self
 
     def budgets(self) -> list[Budget]:
@@ -250,6 +299,8 @@ def check_components(config: BenchmarkConfig, registry: Registry) -> None:
               for path, augs in pipelines.items() for i, spec in enumerate(augs)]
     specs += [("objectives", f"pretrain.objectives[{i}]", spec)
               for i, spec in enumerate(config.pretrain.objectives)]
+    specs += [("backbones", f"pretrain.external[{i}].backbone", ext.backbone)
+              for i, ext in enumerate(config.pretrain.external) if ext.backbone is not None]
     for kind, path, spec in specs:
         registry.validate(kind, spec, path)
 

@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+from ssltk.bench.external import check_externals
+from ssltk.bench.grid import grid_external_jobs
 from ssltk.config import BenchmarkConfig, SynthSpec
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry
@@ -83,7 +85,9 @@ def check_columns(config: BenchmarkConfig, registry: Registry) -> None:
 
 
 def check_data(config: BenchmarkConfig, registry: Registry, build_missing: bool = True) -> None:
-    """Stores present (or built), columns present. Budgets are checked by the grid."""
+    """Stores present (or built), columns present, external encoders fit their backbones.
+    Budgets are checked by the grid."""
     for role, field, path in config.data.stores():
         ensure_store(role, field, Path(path), config, build_missing)
     check_columns(config, registry)
+    check_externals(config, registry, grid_external_jobs(config))

@@ -5,6 +5,9 @@ a stratified test set and validation set; the rest is the training pool, from wh
 budget draws its training subjects. Budgets are nested: for one (seed, repeat), the subjects of
 a smaller budget are a subset of a larger one's, so label-efficiency curves compare like with
 like. Every method (scratch included) sees exactly the same split: the pairing of the report.
+With ``[finetune] test_from``, the test set is the store's own (the subjects whose rows have
+that metadata value), the same in every repeat; validation and the pool are drawn from the
+other subjects.
 The drawing itself is :mod:`ssltk.data.splits`; this module applies it to a benchmark.
 """
 
@@ -12,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from ssltk.budgets import Budget
-from ssltk.config import BenchmarkConfig, FinetuneConfig
+from ssltk.config import BenchmarkConfig, FinetuneConfig, TestFrom
 from ssltk.data.splits import draw_budget, first_rows, split_hash, stratified_split
 from ssltk.engine.targets import load_targets
 from ssltk.errors import ConfigError
@@ -32,6 +36,8 @@ class Cohort:
     labels: np.ndarray  # (S,) class index (classification) or value (regression)
     strata: np.ndarray  # (S,) label, or label x site when stratifying by site
     classes: list[str]
+    in_test: np.ndarray | None = None  # (S,) bool: the predefined test set (test_from)
+    test_from: dict | None = None  # test_from's column and value (part of the split hash)
 
     def split(self, finetune: FinetuneConfig, budget: Budget, seed: int,
               repeat: int = 0) -> Split:
@@ -42,11 +48,21 @@ class Cohort:
             ConfigError: the budget needs more subjects than the pool has (naming
                 ``budget.source``).
         """
-        pool, val, test = stratified_split(self.strata, finetune.val_fraction,
-                                           finetune.test_fraction, seed, repeat)
+        if self.in_test is None:
+            pool, val, test = stratified_split(self.strata, finetune.val_fraction,
+                                               finetune.test_fraction, seed, repeat)
+        else:
+            pool, val, test = self._predefined(finetune.val_fraction, seed, repeat)
         train = draw_budget(self.labels, pool, budget.kind, budget.value, budget.source,
                             self.classes or None)
         return Split(self, train, val, test)
+
+    def _predefined(self, val_fraction: float, seed: int,
+                    repeat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pool, val, test) with the predefined test set: val and pool from the others."""
+        rest = np.flatnonzero(~self.in_test)
+        pool, val, _ = stratified_split(self.strata[rest], val_fraction, 0.0, seed, repeat)
+        return rest[pool], np.sort(rest[val]), np.flatnonzero(self.in_test)
 
 
 @dataclass
@@ -67,7 +83,8 @@ class Split:
     @cached_property
     def hash(self) -> str:
         """Stable id of the split (what the report pairs methods on)."""
-        return split_hash(self.cohort.subjects, self.train, self.val, self.test)
+        return split_hash(self.cohort.subjects, self.train, self.val, self.test,
+                          salt=self.cohort.test_from)
 
 
 def load_cohort(config: BenchmarkConfig) -> Cohort:
@@ -82,6 +99,9 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
                 raise ConfigError(f"finetune.stratify_site: store {d.finetune_store} has no "
                                   f"column '{config.finetune.stratify_site}'")
             site = np.asarray(store.meta[config.finetune.stratify_site]).astype(str)
+        test_from = config.finetune.test_from
+        test_rows = (None if test_from is None
+                     else predefined_test(store, test_from, subject_ids, d.finetune_store))
     rows = first_rows(subject_ids, targets.labelled_rows())  # one scan per subject
     labels = targets.labels[rows]
     if d.task == "regression":  # strata: quintiles of the target
@@ -90,4 +110,38 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
         strata = labels.astype(np.int64)
     if site is not None:
         strata = np.array([f"{s}|{x}" for s, x in zip(strata, site[rows])])
-    return Cohort(subject_ids[rows], rows, labels, strata, targets.classes or [])
+    in_test = None if test_rows is None else test_rows[rows]
+    if in_test is not None and not in_test.any():
+        raise ConfigError(f"finetune.test_from: no labelled subject of store {d.finetune_store} "
+                          f"has {test_from.column} = '{test_from.value}' (of target "
+                          f"'{d.target}' with the classes kept); the test set would be empty")
+    return Cohort(subject_ids[rows], rows, labels, strata, targets.classes or [], in_test,
+                  None if test_from is None else test_from.model_dump())
+
+
+def predefined_test(store: VolumeStore, test_from: TestFrom, subject_ids: np.ndarray,
+                    path: Path) -> np.ndarray:
+    """``(N,)`` bool: the store's rows whose ``test_from.column`` is ``test_from.value``.
+
+    Raises:
+        ConfigError: the column is missing, no row has the value, or a subject has rows on
+            both sides (its scans would leak from training into the test set).
+    """
+    column, value = test_from.column, test_from.value
+    if column not in store.columns:
+        raise ConfigError(f"finetune.test_from.column: store {path} has no column '{column}' "
+                          f"(it has {', '.join(store.columns)})")
+    values = np.asarray(store.meta[column]).astype(str)
+    is_test = values == value
+    if not is_test.any():
+        present = sorted(set(values.tolist()))
+        shown = ", ".join(repr(v) for v in present[:12]) + (", ..." if len(present) > 12 else "")
+        raise ConfigError(f"finetune.test_from.value: no row of store {path} has {column} = "
+                          f"'{value}' (its values: {shown})")
+    mixed = sorted(set(subject_ids[is_test].tolist()) & set(subject_ids[~is_test].tolist()))
+    if mixed:
+        raise ConfigError(
+            f"finetune.test_from: {len(mixed)} subject(s) of store {path} have rows both with "
+            f"and without {column} = '{value}' (e.g. {', '.join(mixed[:3])}), which would leak "
+            f"them from training into the test set; give each subject's rows one {column}")
+    return is_test

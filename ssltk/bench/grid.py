@@ -1,8 +1,9 @@
 """Expanding a benchmark config into its grid of pretraining runs and finetuning cells.
 
 Axes: pretraining stores x augmentation sets x objectives x seeds (pretraining runs), then
-every pretraining run (plus the scratch baseline) x finetuning modes x label budgets x split
-repeats (finetuning cells). Each pretraining run and each cell is identified by the content
+every pretraining run (plus the scratch baseline and each external encoder of
+``[[pretrain.external]]``, :mod:`ssltk.bench.external`) x finetuning modes x label budgets x
+split repeats (finetuning cells). Each pretraining run and each cell is identified by the content
 hash of what determines its result, so a pretraining checkpoint is shared by all of its cells
 and a finished cell is recognised after a crash.
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssltk.bench.cohort import Cohort, Split, load_cohort
+from ssltk.bench.external import ExternalJob, external_jobs
 from ssltk.bench.stats import SCRATCH
 from ssltk.budgets import Budget
 from ssltk.config import BenchmarkConfig, ComponentSpec
@@ -34,6 +36,13 @@ class PretrainJob:
     augmentations_label: str
 
     @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    def content_hash(self) -> str:
+        return self.run.content_hash()
+
+    @property
     def key(self) -> str:
         return self.run.content_hash()[:16]
 
@@ -47,7 +56,7 @@ class CellAxes:
     repeat."""
 
     method: str
-    pretrain: PretrainJob | None
+    pretrain: PretrainJob | ExternalJob | None
     mode: str
     budget: Budget
     seed: int
@@ -64,7 +73,7 @@ class Cell(CellAxes):
     @property
     def key(self) -> str:
         ident = {"finetune": self.run.model_dump(mode="json", exclude={"encoder"}),
-                 "pretrain": self.pretrain.run.content_hash() if self.pretrain else None}
+                 "pretrain": self.pretrain.content_hash() if self.pretrain else None}
         text = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -74,13 +83,19 @@ class Grid:
     config: BenchmarkConfig
     pretrain_jobs: list[PretrainJob] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
+    external_jobs: list[ExternalJob] = field(default_factory=list)
 
-    def cells_of(self, job: PretrainJob | None) -> list[Cell]:
+    @property
+    def jobs(self) -> list[PretrainJob | ExternalJob]:
+        """Every job whose encoder cells finetune: pretraining runs, then external encoders."""
+        return [*self.pretrain_jobs, *self.external_jobs]
+
+    def cells_of(self, job: PretrainJob | ExternalJob | None) -> list[Cell]:
         return [c for c in self.cells if c.pretrain is job]
 
     @property
     def methods(self) -> list[str]:
-        return [SCRATCH] + list(dict.fromkeys(j.method for j in self.pretrain_jobs))
+        return [SCRATCH] + list(dict.fromkeys(j.method for j in self.jobs))
 
 
 def augmentation_sets(config: BenchmarkConfig) -> dict[str, list[ComponentSpec] | None]:
@@ -123,6 +138,12 @@ def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None) -> li
     return jobs
 
 
+def grid_external_jobs(config: BenchmarkConfig) -> list[ExternalJob]:
+    """The ``[[pretrain.external]]`` jobs, their names checked against the grid's methods."""
+    taken = {SCRATCH} | {j.method for j in pretrain_jobs(config, seeds=config.seeds[:1])}
+    return external_jobs(config, taken)
+
+
 def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | None = None,
              source: str = "objective") -> PretrainJob:
     """The grid's pretraining of ``objective`` (default: the first) with ``seed`` (default: the
@@ -139,13 +160,16 @@ def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | 
     raise ConfigError(f"{source} '{objective}' is not in pretrain.objectives ({names})")
 
 
-def cell_axes(config: BenchmarkConfig, jobs: list[PretrainJob]) -> list[CellAxes]:
+def cell_axes(config: BenchmarkConfig,
+              jobs: list[PretrainJob | ExternalJob]) -> list[CellAxes]:
     """Every finetuning cell of the grid: (scratch + each seed's jobs) x repeats x budgets x
-    modes, in the order they run."""
+    modes, in the order they run. A job without a seed (an external encoder) is finetuned
+    with every seed, like scratch."""
     f = config.finetune
     out = []
     for seed in config.seeds:
-        methods = [(SCRATCH, None)] + [(j.method, j) for j in jobs if j.run.seed == seed]
+        methods = [(SCRATCH, None)] + [(j.method, j) for j in jobs
+                                       if j.seed is None or j.seed == seed]
         for repeat in range(f.repeats):
             for budget in f.budgets():
                 out += [CellAxes(method, job, mode, budget, seed, repeat)
@@ -160,12 +184,14 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
         cohort: the labelled cohort to split (default: read from ``data.finetune_store``).
     """
     cohort = cohort if cohort is not None else load_cohort(config)
-    grid = Grid(config, pretrain_jobs(config))
+    grid = Grid(config, pretrain_jobs(config), external_jobs=grid_external_jobs(config))
     splits: dict[tuple, Split] = {}
-    for axes in cell_axes(config, grid.pretrain_jobs):
+    for axes in cell_axes(config, grid.jobs):
         at = (axes.seed, axes.repeat, axes.budget)
         if at not in splits:
             splits[at] = cohort.split(config.finetune, axes.budget, axes.seed, axes.repeat)
         run = finetune_run(config, splits[at].rows, axes.mode, axes.seed)
+        if isinstance(axes.pretrain, ExternalJob):  # its own network, maybe not the grid's
+            run = run.model_copy(update={"backbone": axes.pretrain.backbone})
         grid.cells.append(Cell(**vars(axes), run=run, split_hash=splits[at].hash))
     return grid

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ssltk.bench.external import ExternalJob, materialise
 from ssltk.bench.grid import Cell, Grid, PretrainJob
 from ssltk.bench.models import model_dir, model_info
 from ssltk.bench.results import append_result, finished_cells
@@ -29,12 +30,13 @@ from ssltk.registry import Registry, get_registry
 
 @dataclass
 class Group:
-    """A pretraining job (None: scratch) and its pending finetuning cells: one unit of work.
+    """A pretraining job (None: scratch; or an external encoder) and its pending finetuning
+    cells: one unit of work.
 
     ``save_models`` and ``largest`` (the grid's largest budget) say which cells save a bundle.
     """
 
-    job: PretrainJob | None
+    job: PretrainJob | ExternalJob | None
     cells: list[Cell]
     save_models: str = "none"
     largest: Budget | None = None
@@ -46,7 +48,7 @@ def pending_groups(grid: Grid, results_path: Path) -> list[Group]:
     policy = grid.config.finetune.save_models
     largest = max((c.budget for c in grid.cells), key=lambda b: b.sort_key, default=None)
     groups = [Group(job, [c for c in grid.cells_of(job) if c.key not in done], policy, largest)
-              for job in [None, *grid.pretrain_jobs]]
+              for job in [None, *grid.jobs]]
     return [g for g in groups if g.cells]
 
 
@@ -54,7 +56,10 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
               registry: Registry) -> None:
     """Pretrain (or reuse the checkpoint), then finetune and record each pending cell."""
     encoder, pretrain_s = None, 0.0
-    if group.job is not None:
+    if isinstance(group.job, ExternalJob):  # no training: its file, mapped and checked
+        first = group.cells[0].run
+        encoder = materialise(group.job, root, first.store, registry)
+    elif group.job is not None:
         t0 = time.perf_counter()
         result = pretrain(group.job.run, group.job.out_dir(root), registry=registry, device=device)
         encoder, pretrain_s = result.encoder_path, time.perf_counter() - t0
@@ -93,9 +98,9 @@ def record(cell: Cell, out, benchmark: str, config_hash: str, pretrain_s: float,
     return {
         "cell": cell.key, "benchmark": benchmark, "config_hash": config_hash,
         "method": cell.method,
-        "pretrain": None if job is None else {
-            "objective": job.run.objective.name, "hash": job.run.content_hash(),
-            "store": str(job.run.store), "augmentations": job.augmentations_label},
+        "pretrain": None if job is None else job.describe() if isinstance(job, ExternalJob)
+        else {"objective": job.run.objective.name, "hash": job.run.content_hash(),
+              "store": str(job.run.store), "augmentations": job.augmentations_label},
         "mode": cell.mode, "budget": cell.budget.as_dict(), "budget_label": cell.budget.label,
         "seed": cell.seed, "repeat": cell.repeat, "split_hash": cell.split_hash,
         "n_train": len(run.train_rows), "n_val": len(run.val_rows), "n_test": len(run.test_rows),

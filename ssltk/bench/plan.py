@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssltk.bench.checks import missing_store_hint
-from ssltk.bench.grid import cell_axes, pretrain_jobs
+from ssltk.bench.external import check_externals
+from ssltk.bench.grid import cell_axes, grid_external_jobs, pretrain_jobs
 from ssltk.config import BenchmarkConfig
 from ssltk.registry import Registry
 from ssltk.store import VolumeStore
@@ -38,6 +39,8 @@ class Plan:
     cells: int
     budgets: list[str]
     missing: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+    """One line per external encoder: name, file, sha256 prefix, backbone."""
 
 
 def _store_size(path: Path) -> tuple[int, int] | None:
@@ -49,13 +52,16 @@ def _store_size(path: Path) -> tuple[int, int] | None:
 
 
 def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
-    """The grid of ``config`` without running it: nothing is built or read but store headers.
+    """The grid of ``config`` without running it: nothing is built or read but store headers
+    and the external encoders' weights, which are checked against their backbones here.
 
     ``cells`` counts :func:`~ssltk.bench.grid.cell_axes`, the list :func:`~ssltk.bench.grid.expand`
     makes one cell of each entry of (it needs no data, so a dry run works before the stores
     exist).
     """
     jobs = pretrain_jobs(config)
+    externals = grid_external_jobs(config)
+    check_externals(config, registry, externals)
     sizes = {str(p): _store_size(p) for p in config.data.pretrain_stores()}
     rows = []
     for job in jobs:
@@ -72,4 +78,6 @@ def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
     missing = [f"{field} = {path}: {missing_store_hint(config, role)}"
                for role, field, path in config.data.stores() if not Path(path).exists()]
     budgets = [b.label for b in config.finetune.budgets()]
-    return Plan(rows, len(cell_axes(config, jobs)), budgets, missing)
+    external = [f"{j.method}: {j.entry.path} (sha256 {j.sha256[:12]}, backbone "
+                f"{j.backbone.name}), finetuned with every seed" for j in externals]
+    return Plan(rows, len(cell_axes(config, [*jobs, *externals])), budgets, missing, external)

@@ -22,6 +22,8 @@ def _print_plan(plan, name: str, out: Console) -> None:
                       "-" if r.volume_passes is None else str(r.volume_passes),
                       "-" if r.est_seconds is None else f"{r.est_seconds / 60:.1f} min")
     out.print(table)
+    for line in plan.external:
+        out.print(f"external encoder {line}", highlight=False, soft_wrap=True)
     out.print(f"finetuning: {plan.cells} cells (budgets {', '.join(plan.budgets)})")
     for line in plan.missing:
         out.print(f"[yellow]missing[/] {line}", highlight=False, soft_wrap=True)
@@ -49,8 +51,11 @@ def command(
         return
 
     def on_start(cfg, grid, devices, done):
+        external = (f", {len(grid.external_jobs)} external encoder(s)" if grid.external_jobs
+                    else "")
         out.print(f"{cfg.name}: {len(grid.cells)} cells ({done} already done), "
-                  f"{len(grid.pretrain_jobs)} pretraining runs, devices {', '.join(devices)}")
+                  f"{len(grid.pretrain_jobs)} pretraining runs{external}, "
+                  f"devices {', '.join(devices)}")
 
     try:
         with progress_bar("cells", out) as update:

@@ -123,9 +123,16 @@ def allocate(n: int, sizes: dict) -> dict:
     return counts
 
 
-def split_hash(subjects: Sequence[str], train, val, test) -> str:
-    """sha256 of the sorted subject ids of each side: the same split always has the same hash."""
+def split_hash(subjects: Sequence[str], train, val, test, salt: dict | None = None) -> str:
+    """sha256 of the sorted subject ids of each side: the same split always has the same hash.
+
+    Args:
+        salt: JSON-able facts of how the split was made that must change its hash (a
+            predefined test set's column and value); None leaves the hash as it always was.
+    """
     subjects = np.asarray(subjects).astype(str)
     sides = {name: sorted(subjects[np.asarray(idx, dtype=np.int64)].tolist())
              for name, idx in (("train", train), ("val", val), ("test", test))}
+    if salt is not None:
+        sides["salt"] = salt
     return hashlib.sha256(json.dumps(sides, sort_keys=True).encode()).hexdigest()
