@@ -6,7 +6,7 @@ encoder exports as a plain state_dict of ``monai.networks.nets.ResNet``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from monai.networks.nets import ResNet
 from pydantic import Field
@@ -23,6 +23,13 @@ class ResNetConfig(EncoderConfig):
         description="Stride of the first convolution. 2 (as in the 2D ResNet) makes 3D training "
                     "several times cheaper than MONAI's default of 1.")
     max_pool: bool = Field(default=True, description="Max-pool after the stem.")
+    shortcut_type: Literal["A", "B"] = Field(
+        default="B", description="Residual shortcut where the shape changes: 'B' a strided 1x1 "
+                                 "convolution, 'A' pooling and zero padding (no weights; "
+                                 "MedicalNet's ResNet-18/34).")
+    bias_downsample: bool = Field(
+        default=True, description="Bias in the 'B' shortcut convolutions (MedicalNet's "
+                                  "ResNet-10/50 have none: false).")
 
 
 class _MonaiResNet(MonaiBackbone):
@@ -37,6 +44,7 @@ class _MonaiResNet(MonaiBackbone):
             conv1_t_size=config.stem_kernel, conv1_t_stride=config.stem_stride,
             no_max_pool=not config.max_pool, widen_factor=config.widen_factor,
             feed_forward=False, norm=norm_arg(config.norm),
+            shortcut_type=config.shortcut_type, bias_downsample=config.bias_downsample,
         )
 
     def feature_maps(self, config: ResNetConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -243,6 +243,19 @@ def _plain_keys(backbone: torch.nn.Module, target: dict[str, Tensor]) -> dict[st
     return {k: by_id[id(v)] for k, v in exported.items() if id(v) in by_id}
 
 
+def prefix_hint(unexpected: list[str], keys: set[str]) -> str | None:
+    """The prefix whose removal makes the most ``unexpected`` keys match ``keys`` (when it
+    makes at least half of them match), e.g. ``module.``."""
+    counts: dict[str, int] = {}
+    for u in unexpected:
+        for prefix in {u[:-len(k)] for k in keys if u.endswith("." + k)}:
+            counts[prefix] = counts.get(prefix, 0) + 1
+    if not counts:
+        return None
+    best = max(counts, key=lambda p: (counts[p], -len(p)))
+    return best if 2 * counts[best] >= len(unexpected) else None
+
+
 def fit_state(state: dict[str, Tensor], backbone: torch.nn.Module,
               ) -> tuple[dict[str, Tensor], list[str], list[str], list[tuple]]:
     """Match ``state`` to ``backbone``'s keys, in ssltk's form or the wrapped network's.
@@ -273,8 +286,9 @@ def _listed(keys: list, label: str) -> str:
 
 
 def mismatch_message(field: str, path: Path, backbone: ComponentSpec, missing: list[str],
-                     unexpected: list[str], shapes: list[tuple]) -> str:
-    """One line: what does not fit, the first few of each kind, and the fix."""
+                     unexpected: list[str], shapes: list[tuple], hint: str | None = None) -> str:
+    """One line: what does not fit, the first few of each kind, and the fix (``hint``: a
+    prefix to strip that would make most unexpected keys match)."""
     parts = []
     if missing:
         parts.append(_listed(missing, "missing"))
@@ -283,9 +297,10 @@ def mismatch_message(field: str, path: Path, backbone: ComponentSpec, missing: l
     if shapes:
         parts.append(_listed([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in shapes],
                              "shape differences, file vs backbone"))
-    return (f"{field}: {path} does not fit backbone '{backbone.name}': {'; '.join(parts)}; map "
-            f"the keys with state_key / drop / strip_prefix / key_map, or set backbone to the "
-            f"network the weights come from ({HOWTO})")
+    fix = (f"try strip_prefix = \"{hint}\"" if hint is not None else
+           "map the keys with state_key / drop / strip_prefix / key_map")
+    return (f"{field}: {path} does not fit backbone '{backbone.name}': {'; '.join(parts)}; {fix}, "
+            f"or set backbone to the network the weights come from ({HOWTO})")
 
 
 def load_external(job: ExternalJob, in_channels: int, spatial_dims: int,
@@ -300,8 +315,10 @@ def load_external(job: ExternalJob, in_channels: int, spatial_dims: int,
     state = read_state(job.entry, job.backbone, job.field)
     state, missing, unexpected, shapes = fit_state(state, backbone)
     if missing or unexpected or shapes:
+        target = backbone.state_dict()
+        hint = prefix_hint(unexpected, set(target) | set(_plain_keys(backbone, target)))
         raise ConfigError(mismatch_message(job.field, Path(job.entry.path), job.backbone,
-                                           missing, unexpected, shapes))
+                                           missing, unexpected, shapes, hint))
     return state
 
 

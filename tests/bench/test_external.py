@@ -116,6 +116,36 @@ def test_batch_norm_checkpoint_without_num_batches_tracked(tmp_path, registry):
     assert torch.equal(loaded["net.bn1.running_var"], reference.net.bn1.running_var)
 
 
+@pytest.mark.numerics
+@pytest.mark.parametrize("depth, layers, shortcut, bias", [
+    ("resnet10", [1, 1, 1, 1], "B", False), ("resnet18", [2, 2, 2, 2], "A", True)])
+def test_medicalnet_layout_loads_with_its_shortcut_options(depth, layers, shortcut, bias,
+                                                           tmp_path, registry):
+    """MedicalNet's ResNets (Chen et al. 2019), as MONAI builds them for its weights: no bias
+    in the 'B' shortcut of ResNet-10/50, pooling 'A' shortcuts (no weights) in ResNet-18/34;
+    saved under DataParallel's ``module.`` with their segmentation head."""
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(3)
+    theirs = ResNet("basic", layers, [64, 128, 256, 512], spatial_dims=3, n_input_channels=1,
+                    conv1_t_stride=2, shortcut_type=shortcut, bias_downsample=bias,
+                    widen_factor=0.25, feed_forward=False).eval()
+    state = {f"module.{k}": v for k, v in theirs.state_dict().items()}
+    state["module.conv_seg.0.weight"] = torch.zeros(8, 128, 3, 3, 3)
+    torch.save({"state_dict": state}, tmp_path / "resnet.pth")
+    entry = {"strip_prefix": "module.", "drop": ["module.conv_seg."]}
+    spec = {"name": depth, "widen_factor": 0.25}
+    with pytest.raises(ConfigError, match="missing|unexpected"):  # the default shortcut
+        load_external(job_of(tmp_path / "resnet.pth", spec, **entry), 1, 3, registry)
+    spec |= {"shortcut_type": shortcut, "bias_downsample": bias}
+    ours = build(registry, spec, seed=0).eval()
+    ours.load_state_dict(load_external(job_of(tmp_path / "resnet.pth", spec, **entry), 1, 3,
+                                       registry))
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
 def one_line(excinfo) -> str:
     message = str(excinfo.value)
     assert "\n" not in message
@@ -131,7 +161,7 @@ def test_key_mismatch_is_one_line_listing_the_first_keys(tmp_path, registry):
     assert msg.startswith(f"pretrain.external[0]: {path} does not fit backbone 'resnet10': ")
     assert "missing (net.conv1.weight, net.bn1.weight, net.bn1.bias, +" in msg
     assert "unexpected (module.conv1.weight, module.bn1.weight, module.bn1.bias, +" in msg
-    assert "strip_prefix" in msg and "docs/how-to/external-encoders.md" in msg
+    assert 'try strip_prefix = "module."' in msg and "docs/how-to/external-encoders.md" in msg
 
 
 def test_shape_mismatch_lists_both_shapes(tmp_path, registry):
