@@ -214,7 +214,8 @@ class FinetuneConfig(FinetuneSettings):
     n_total: list[int] = Field(
         default_factory=list, description="Subjects in total (stratified by class).")
     repeats: int = Field(default=1, ge=1, description="Split draws per seed.")
-    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Of the labelled pool.")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5, description="Of the labelled pool "
+                                "(with test_from: of the subjects not in the test set).")
     test_fraction: float = Field(default=0.3, gt=0, lt=0.8, description="Of the labelled pool.")
     stratify_site: str | None = Field(default=None, description="Also stratify splits by this column.")
     test_from: TestFrom | None = Field(
