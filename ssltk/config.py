@@ -21,9 +21,9 @@ from ssltk.specs import ComponentSpec, ObjectiveSpec, StrictModel, content_hash
 
 __all__ = [
     "BenchmarkConfig", "ComponentSpec", "DataConfig", "ExternalEncoder", "FinetuneConfig",
-    "FinetuneSettings", "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings", "StrictModel",
-    "SynthSpec", "TargetSettings", "TestFrom", "check_components", "content_hash", "json_schema",
-    "load_config",
+    "FinetuneSettings", "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings",
+    "StrictModel", "SynthSpec", "TargetSettings", "TestFrom", "check_components", "content_hash",
+    "json_schema", "load_config",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
