@@ -84,7 +84,7 @@ class ExternalJob:
 
 
 @lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _sha256(path: str, stamp: tuple[int, ...]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -93,7 +93,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: Path, field: str = "path") -> str:
-    """sha256 of a file's bytes (cached per path, size and modification time).
+    """sha256 of a file's bytes (cached per path, inode, size and change times).
 
     Raises:
         ConfigError: the file does not exist or cannot be read (naming ``field``).
@@ -104,7 +104,8 @@ def file_sha256(path: Path, field: str = "path") -> str:
                           f"(relative paths start at the working directory)")
     try:
         st = path.stat()
-        return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _sha256(str(path.resolve()), stamp)
     except OSError as exc:
         raise ConfigError(f"{field}: cannot read {path} ({exc.strerror or exc})") from None
 
