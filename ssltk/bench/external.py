@@ -171,23 +171,30 @@ def _ssltk_state(path: Path, field: str) -> tuple[dict[str, Tensor], dict]:
     return weights, meta
 
 
+def _keys(value: Any, n: int = 8) -> str:
+    """The first ``n`` keys of a dict, for an error message."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}, no dict"
+    keys = list(map(str, value))
+    return ", ".join(keys[:n]) + (f", +{len(keys) - n} more" if len(keys) > n else "")
+
+
 def _pick(payload: Any, entry: ExternalEncoder, path: Path, field: str) -> dict[str, Tensor]:
     if entry.state_key is not None:
         value = payload
         for part in entry.state_key.split("."):
             if not isinstance(value, dict) or part not in value:
-                keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value)
                 raise ConfigError(f"{field}.state_key: {path} has no '{part}' of "
-                                  f"'{entry.state_key}' (it has {keys})")
+                                  f"'{entry.state_key}' (it has {_keys(value)})")
             value = value[part]
     elif _is_state(payload):
         value = payload
     else:
         found = [k for k in STATE_KEYS if isinstance(payload, dict) and k in payload]
         if not found:
-            keys = ", ".join(map(str, payload)) if isinstance(payload, dict) else "no dict"
             raise ConfigError(f"{field}: {path} is neither a state_dict nor holds one under "
-                              f"{', '.join(STATE_KEYS)} (it has {keys}); set state_key")
+                              f"{', '.join(STATE_KEYS)} (it has {_keys(payload)}); set "
+                              "state_key")
         value = payload[found[0]]
     if not _is_state(value):
         bad = (next((k for k, v in value.items() if not isinstance(v, Tensor)), None)
