@@ -20,10 +20,10 @@ from ssltk.registry import Registry, format_validation_error
 from ssltk.specs import ComponentSpec, ObjectiveSpec, StrictModel, content_hash
 
 __all__ = [
-    "BenchmarkConfig", "ComponentSpec", "DataConfig", "ExternalEncoder", "FinetuneConfig",
-    "FinetuneSettings", "ObjectiveSpec", "OptimConfig", "PretrainConfig", "PretrainSettings",
-    "StrictModel", "SynthSpec", "TargetSettings", "TestFrom", "check_components", "content_hash",
-    "json_schema", "load_config",
+    "BenchmarkConfig", "ComponentSpec", "DataConfig", "DistillConfig", "DistillSettings",
+    "ExternalEncoder", "FinetuneConfig", "FinetuneSettings", "ObjectiveSpec", "OptimConfig",
+    "PretrainConfig", "PretrainSettings", "StrictModel", "SynthSpec", "TargetSettings",
+    "TestFrom", "check_components", "content_hash", "json_schema", "load_config",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -248,6 +248,46 @@ class FinetuneConfig(FinetuneSettings):
                 for kind, key, values in axes for i, value in enumerate(values)]
 
 
+class DistillSettings(StrictModel):
+    """How to distil: shared by the TOML's ``[distill]`` table and the engine's DistillRun.
+
+    SimCLRv2's third stage (Chen et al., NeurIPS 2020): a finetuned teacher labels the task's
+    training pool with ``softmax(z / temperature)``; a student learns those soft targets.
+    """
+
+    temperature: float = Field(default=1.0, gt=0, description="tau of the teacher's and the "
+                                                                "student's softmax.")
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0, description="AdamW lr of the whole student.")
+    weight_decay: float = Field(default=1e-4, ge=0)
+    patience: int | None = Field(
+        default=None, ge=1, description="None: train every epoch and keep the last (the paper "
+                                        "selects nothing on labels); a number: early stopping "
+                                        "on the validation score, as in full finetuning.")
+    label_weight: float = Field(
+        default=0.0, ge=0, le=1, description="Weight of the cross-entropy on the budget's "
+                                             "labelled rows: (1 - w) distillation + w CE. 0 is "
+                                             "the paper's choice when labels are few.")
+    init: Literal["random", "pretrained"] = Field(
+        default="random", description="random: a freshly initialised student; pretrained: "
+                                      "the encoder the teacher was finetuned from (student "
+                                      "backbone must then be the teacher's).")
+
+
+class DistillConfig(DistillSettings):
+    """The ``[distill]`` table: which finetuning cells are teachers, and the student."""
+
+    student: ComponentSpec | None = Field(
+        default=None, description="Backbone of the student (default: the teacher's).")
+    methods: list[str] | None = Field(
+        default=None, description="Methods whose cells are teachers (default: every method, "
+                                  "scratch included).")
+    modes: list[Literal["frozen", "full"]] = Field(
+        default_factory=lambda: ["full"], min_length=1,
+        description="Finetuning modes whose cells are teachers.")
+
+
 class ReportConfig(StrictModel):
     gradcam: bool = Field(
         default=False, description="Add a Grad-CAM panel of a few test subjects per method "
@@ -270,6 +310,9 @@ class BenchmarkConfig(StrictModel):
     backbone: ComponentSpec
     pretrain: PretrainConfig
     finetune: FinetuneConfig
+    distill: DistillConfig | None = Field(
+        default=None, description="SimCLRv2 distillation after finetuning (none: no "
+                                  "distillation rows).")
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
@@ -277,6 +320,24 @@ class BenchmarkConfig(StrictModel):
         if self.report.gradcam and self.finetune.save_models == "none":
             raise ValueError("report.gradcam needs saved models: set finetune.save_models = "
                              "\"best\" (or \"all\")")
+        return self
+
+    @model_validator(mode="after")
+    def _distill_fits(self) -> BenchmarkConfig:
+        if self.distill is None:
+            return self
+        if self.data.task != "classification":
+            raise ValueError("distill: needs data.task = \"classification\" (soft targets "
+                             "are class probabilities); remove [distill]")
+        missing = [m for m in self.distill.modes if m not in self.finetune.modes]
+        if missing:
+            raise ValueError(f"distill.modes: '{missing[0]}' is not in finetune.modes "
+                             f"{self.finetune.modes}; add it there or remove it here")
+        student = self.distill.student
+        if (self.distill.init == "pretrained" and student is not None
+                and student.model_dump() != self.backbone.model_dump()):
+            raise ValueError("distill.init: 'pretrained' needs the teacher's backbone; drop "
+                             "distill.student or set distill.init = \"random\"")
         return self
 
     @model_validator(mode="after")
@@ -292,6 +353,8 @@ class BenchmarkConfig(StrictModel):
 def check_components(config: BenchmarkConfig, registry: Registry) -> None:
     """Validate every component's name and parameters against the installed plugins."""
     specs: list[tuple[str, str, ComponentSpec]] = [("backbones", "backbone", config.backbone)]
+    if config.distill is not None and config.distill.student is not None:
+        specs.append(("backbones", "distill.student", config.distill.student))
     pipelines = {"pretrain.augmentations": config.pretrain.augmentations or []}
     pipelines |= {f"pretrain.augmentation_sets.{label}": augs
                   for label, augs in (config.pretrain.augmentation_sets or {}).items()}

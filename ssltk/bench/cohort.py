@@ -55,7 +55,7 @@ class Cohort:
             pool, val, test = self._predefined(finetune.val_fraction, seed, repeat)
         train = draw_budget(self.labels, pool, budget.kind, budget.value, budget.source,
                             self.classes or None)
-        return Split(self, train, val, test)
+        return Split(self, train, val, test, pool=np.sort(pool))
 
     def _predefined(self, val_fraction: float, seed: int,
                     repeat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,12 +73,20 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    pool: np.ndarray | None = None
+    """The whole training pool the budget was drawn from (every subject that is neither
+    validation nor test): what a distillation teacher labels."""
 
     @cached_property
     def rows(self) -> tuple[list[int], list[int], list[int]]:
         """Store rows of the train, val and test sides."""
         return tuple(self.cohort.rows[side].tolist() for side in (self.train, self.val,
                                                                    self.test))
+
+    @cached_property
+    def pool_rows(self) -> list[int]:
+        """Store rows of the training pool."""
+        return self.cohort.rows[self.pool].tolist()
 
     @cached_property
     def hash(self) -> str:

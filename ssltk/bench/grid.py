@@ -3,9 +3,10 @@
 Axes: pretraining stores x augmentation sets x objectives x seeds (pretraining runs), then
 every pretraining run (plus the scratch baseline and each external encoder of
 ``[[pretrain.external]]``, :mod:`ssltk.bench.external`) x finetuning modes x label budgets x
-split repeats (finetuning cells). Each pretraining run and each cell is identified by the content
-hash of what determines its result, so a pretraining checkpoint is shared by all of its cells
-and a finished cell is recognised after a crash.
+split repeats (finetuning cells); with ``[distill]``, one distillation per teacher cell (a cell
+of ``distill.methods`` in ``distill.modes``). Each pretraining run and each cell is identified
+by the content hash of what determines its result, so a pretraining checkpoint is shared by all
+of its cells and a finished cell (or distillation) is recognised after a crash.
 
 The cells are enumerated once, by :func:`cell_axes`, which needs no data: :func:`expand` draws
 each cell's split from the labelled cohort, and ``ssltk run --dry-run`` counts the same list.
@@ -23,8 +24,9 @@ from ssltk.bench.external import ExternalJob, external_jobs
 from ssltk.bench.stats import SCRATCH
 from ssltk.budgets import Budget
 from ssltk.config import BenchmarkConfig, ComponentSpec
-from ssltk.engine.runs import FinetuneRun, PretrainRun, finetune_run, pretrain_run
-from ssltk.errors import ConfigError
+from ssltk.engine.runs import (DistillRun, FinetuneRun, PretrainRun, distill_run, finetune_run,
+                              pretrain_run)
+from ssltk.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -78,12 +80,40 @@ class Cell(CellAxes):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+DISTILL_SUFFIX = "+distill"
+"""A distilled student is reported as method ``<teacher's method>+distill``."""
+
+
+@dataclass
+class DistillCell:
+    """The distillation of one teacher cell: its student is evaluated on the teacher's split.
+
+    Its row in results.jsonl shares the teacher's mode, budget, seed, repeat and split hash,
+    so the report pairs it with scratch like any method.
+    """
+
+    teacher: Cell
+    run: DistillRun  # encoder filled in at execution when distill.init = "pretrained"
+
+    @property
+    def method(self) -> str:
+        return self.teacher.method + DISTILL_SUFFIX
+
+    @property
+    def key(self) -> str:
+        ident = {"distill": self.run.model_dump(mode="json", exclude={"encoder"}),
+                 "teacher": self.teacher.key}
+        text = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass
 class Grid:
     config: BenchmarkConfig
     pretrain_jobs: list[PretrainJob] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
     external_jobs: list[ExternalJob] = field(default_factory=list)
+    distills: list[DistillCell] = field(default_factory=list)
 
     @property
     def jobs(self) -> list[PretrainJob | ExternalJob]:
@@ -92,6 +122,14 @@ class Grid:
 
     def cells_of(self, job: PretrainJob | ExternalJob | None) -> list[Cell]:
         return [c for c in self.cells if c.pretrain is job]
+
+    def distills_of(self, job: PretrainJob | None) -> list[DistillCell]:
+        return [d for d in self.distills if d.teacher.pretrain is job]
+
+    @property
+    def size(self) -> int:
+        """Units of work that each write one results.jsonl row: cells and distillations."""
+        return len(self.cells) + len(self.distills)
 
     @property
     def methods(self) -> list[str]:
@@ -177,6 +215,29 @@ def cell_axes(config: BenchmarkConfig,
     return out
 
 
+def is_teacher(config: BenchmarkConfig, axes: CellAxes) -> bool:
+    """Whether the cell at ``axes`` is distilled (``[distill]``'s methods and modes)."""
+    d = config.distill
+    return (d is not None and axes.mode in d.modes
+            and (d.methods is None or axes.method in d.methods))
+
+
+def check_distill_methods(config: BenchmarkConfig, axes: list[CellAxes]) -> None:
+    """Every method named in ``distill.methods`` is a method of the grid.
+
+    Raises:
+        ConfigError: ``distill.methods[i]: unknown method 'x'. Did you mean ...``.
+    """
+    if config.distill is None or config.distill.methods is None:
+        return
+    known = list(dict.fromkeys(a.method for a in axes))
+    for i, method in enumerate(config.distill.methods):
+        if method not in known:
+            raise ConfigError(f"distill.methods[{i}]: unknown method '{method}'."
+                              f"{did_you_mean(method, known)} The grid's methods: "
+                              f"{', '.join(known)}")
+
+
 def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
     """Every pretraining job and finetuning cell; budgets are checked against the pool.
 
@@ -186,7 +247,9 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
     cohort = cohort if cohort is not None else load_cohort(config)
     grid = Grid(config, pretrain_jobs(config), external_jobs=grid_external_jobs(config))
     splits: dict[tuple, Split] = {}
-    for axes in cell_axes(config, grid.jobs):
+    all_axes = cell_axes(config, grid.jobs)
+    check_distill_methods(config, all_axes)
+    for axes in all_axes:
         at = (axes.seed, axes.repeat, axes.budget)
         if at not in splits:
             splits[at] = cohort.split(config.finetune, axes.budget, axes.seed, axes.repeat)
@@ -194,4 +257,7 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
         if isinstance(axes.pretrain, ExternalJob):  # its own network, maybe not the grid's
             run = run.model_copy(update={"backbone": axes.pretrain.backbone})
         grid.cells.append(Cell(**vars(axes), run=run, split_hash=splits[at].hash))
+        if is_teacher(config, axes):
+            grid.distills.append(DistillCell(grid.cells[-1], distill_run(
+                config, run, splits[at].pool_rows)))
     return grid

@@ -1,6 +1,9 @@
 """Units of work of a benchmark: a pretraining job and its pending finetuning cells.
 
-:func:`run_group` pretrains (or reuses the checkpoint), then finetunes and records each cell.
+:func:`run_group` pretrains (or reuses the checkpoint), then finetunes and records each cell,
+and distils each teacher cell (``[distill]``): the teacher's model is kept as a bundle under
+``RUN_DIR/distill/teachers/<cell>`` from its finetuning until its student's row is written, so
+a crash in between resumes with the distillation alone.
 :func:`run_groups` is what every worker process runs (a spawned device worker, a submitit job):
 it rebuilds the plugin registry in that process from the *names* of the disabled plugins, so a
 plugin disabled in the parent (``ssltk --disable-plugin X``) is never imported in a worker.
@@ -8,20 +11,23 @@ plugin disabled in the parent (``ssltk --disable-plugin X``) is never imported i
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from ssltk.bench.external import ExternalJob, materialise
-from ssltk.bench.grid import Cell, Grid, PretrainJob
+from ssltk.bench.grid import Cell, DistillCell, Grid, PretrainJob
 from ssltk.bench.models import model_dir, model_info
 from ssltk.bench.results import append_result, finished_cells
 from ssltk.budgets import Budget
-from ssltk.engine import finetune, pretrain
+from ssltk.engine import distill, finetune, pretrain
+from ssltk.engine.bundle import MODEL_JSON
 from ssltk.engine.checkpoint import package_versions
 from ssltk.engine.finetuning import best_val_score
 from ssltk.engine.runtime import numerics
@@ -40,38 +46,105 @@ class Group:
     cells: list[Cell]
     save_models: str = "none"
     largest: Budget | None = None
+    distills: list[DistillCell] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """Rows of results.jsonl this group writes: its cells and its distillations."""
+        return len(self.cells) + len(self.distills)
 
 
 def pending_groups(grid: Grid, results_path: Path) -> list[Group]:
-    """The groups with cells that ``results_path`` does not hold yet, scratch first."""
+    """The groups with cells or distillations that ``results_path`` does not hold yet,
+    scratch first."""
     done = finished_cells(results_path)
     policy = grid.config.finetune.save_models
     largest = max((c.budget for c in grid.cells), key=lambda b: b.sort_key, default=None)
-    groups = [Group(job, [c for c in grid.cells_of(job) if c.key not in done], policy, largest)
+    groups = [Group(job, [c for c in grid.cells_of(job) if c.key not in done], policy, largest,
+                    [d for d in grid.distills_of(job) if d.key not in done])
               for job in [None, *grid.jobs]]
-    return [g for g in groups if g.cells]
+    return [g for g in groups if g.size]
+
+
+def teacher_dir(root: Path, cell: Cell) -> Path:
+    """Where a teacher cell's model waits for its distillation."""
+    return root / "distill" / "teachers" / cell.key
 
 
 def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device: str,
               registry: Registry) -> None:
-    """Pretrain (or reuse the checkpoint), then finetune and record each pending cell."""
+    """Pretrain (or reuse the checkpoint), then finetune and record each pending cell, and
+    distil each pending teacher right after its cell."""
     encoder, pretrain_s = None, 0.0
     if isinstance(group.job, ExternalJob):  # no training: its file, mapped and checked
-        first = group.cells[0].run
+        first = (group.cells or [d.teacher for d in group.distills])[0].run
         encoder = materialise(group.job, root, first.store, registry)
     elif group.job is not None:
         t0 = time.perf_counter()
         result = pretrain(group.job.run, group.job.out_dir(root), registry=registry, device=device)
         encoder, pretrain_s = result.encoder_path, time.perf_counter() - t0
-    for cell in group.cells:
-        t0 = time.perf_counter()
-        run = cell.run.model_copy(update={"encoder": encoder})
-        save = model_dir(root, cell, group.save_models, group.largest)
-        out = finetune(run, registry=registry, device=device, save_model=save,
-                       model_info=model_info(cell, benchmark, config_hash) if save else None)
-        append_result(root / "results.jsonl",
-                      record(cell, out, benchmark, config_hash, pretrain_s,
-                             time.perf_counter() - t0) | {"numerics": numerics(device)})
+    students = {d.teacher.key: d for d in group.distills}
+    pending = {c.key for c in group.cells}
+    order = group.cells + [d.teacher for d in group.distills if d.teacher.key not in pending]
+    info = (benchmark, config_hash)
+    for cell in order:
+        student = students.get(cell.key)
+        if cell.key in pending:
+            t0 = time.perf_counter()
+            out = _finetune(cell, encoder, group, root, info, device, registry,
+                            keep=student is not None)
+            append_result(root / "results.jsonl",
+                          record(cell, out, benchmark, config_hash, pretrain_s,
+                                 time.perf_counter() - t0) | {"numerics": numerics(device)})
+        if student is not None:
+            _distil(student, encoder, group, root, info, pretrain_s, device, registry)
+
+
+def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: tuple,
+              device: str, registry: Registry, keep: bool):
+    """Finetune a cell; ``keep``: also keep its model as a teacher (teacher_dir)."""
+    run = cell.run.model_copy(update={"encoder": encoder})
+    save = model_dir(root, cell, group.save_models, group.largest)
+    target = teacher_dir(root, cell) if keep else save
+    out = finetune(run, registry=registry, device=device, save_model=target,
+                   model_info=model_info(cell, *info) if target else None)
+    if keep and save is not None:
+        _copy_bundle(target, save)
+    return out
+
+
+def _copy_bundle(src: Path, dest: Path) -> None:
+    """Copy a bundle folder over ``dest`` (a new folder renamed into place)."""
+    tmp = dest.with_name(f".{dest.name}.copy-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def _distil(student: DistillCell, encoder: Path | None, group: Group, root: Path, info: tuple,
+            pretrain_s: float, device: str, registry: Registry) -> None:
+    """Distil a teacher cell into its student and record the row; the teacher's model is
+    re-made (same seed, same weights) only if a crash lost it."""
+    teacher = teacher_dir(root, student.teacher)
+    if not (teacher / MODEL_JSON).is_file():
+        _finetune(student.teacher, encoder, Group(group.job, []), root, info, device,
+                  registry, keep=True)
+    t0 = time.perf_counter()
+    run = student.run
+    if run.init == "pretrained":
+        run = run.model_copy(update={"encoder": encoder})
+    out = distill(run, teacher, registry=registry, device=device)
+    rec = record(student.teacher, out, *info, pretrain_s, time.perf_counter() - t0)
+    rec |= {"cell": student.key, "method": student.method, "numerics": numerics(device),
+            "distill": {"teacher_cell": student.teacher.key, "n_pool": len(run.pool_rows),
+                        "pool_agreement": out.pool_agreement,
+                        "student": run.student.model_dump(mode="json"),
+                        "temperature": run.temperature, "label_weight": run.label_weight,
+                        "init": run.init, "epochs_run": len(out.history)}}
+    append_result(root / "results.jsonl", rec)
+    shutil.rmtree(teacher, ignore_errors=True)
 
 
 def run_groups(groups: Iterable[Group], root: Path, benchmark: str, config_hash: str,
@@ -79,14 +152,14 @@ def run_groups(groups: Iterable[Group], root: Path, benchmark: str, config_hash:
     """A worker process's work: ``groups`` one after the other with plugins ``disabled``.
 
     Returns:
-        The number of cells run.
+        The number of cells (and distillations) run.
     """
     torch.set_num_threads(max(1, torch.get_num_threads()))
     registry = get_registry(disabled=set(disabled))
     cells = 0
     for group in groups:
         run_group(group, root, benchmark, config_hash, device, registry)
-        cells += len(group.cells)
+        cells += group.size
     return cells
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ssltk.bench.checks import missing_store_hint
 from ssltk.bench.external import check_externals
-from ssltk.bench.grid import cell_axes, grid_external_jobs, pretrain_jobs
+from ssltk.bench.grid import (cell_axes, check_distill_methods, grid_external_jobs, is_teacher,
+                              pretrain_jobs)
 from ssltk.config import BenchmarkConfig
 from ssltk.registry import Registry
 from ssltk.store import VolumeStore
@@ -41,6 +42,8 @@ class Plan:
     missing: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)
     """One line per external encoder: name, file, sha256 prefix, backbone."""
+    distills: int = 0
+    """Distillations (``[distill]``): one per teacher cell."""
 
 
 def _store_size(path: Path) -> tuple[int, int] | None:
@@ -80,4 +83,7 @@ def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
     budgets = [b.label for b in config.finetune.budgets()]
     external = [f"{j.method}: {j.entry.path} (sha256 {j.sha256[:12]}, backbone "
                 f"{j.backbone.name}), finetuned with every seed" for j in externals]
-    return Plan(rows, len(cell_axes(config, [*jobs, *externals])), budgets, missing, external)
+    axes = cell_axes(config, [*jobs, *externals])
+    check_distill_methods(config, axes)
+    return Plan(rows, len(axes), budgets, missing, external,
+                distills=sum(is_teacher(config, a) for a in axes))

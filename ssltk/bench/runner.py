@@ -80,7 +80,7 @@ def execute(groups: list[Group], config: BenchmarkConfig, devices: list[str], ro
     if len(devices) == 1:
         for group in groups:
             run_group(group, root, config.name, config_hash, devices[0], registry)
-            advance(len(group.cells))
+            advance(group.size)
         return
     import torch.multiprocessing as mp
 
@@ -173,17 +173,17 @@ def _run(config_path: str | Path, config: BenchmarkConfig, root: Path, registry:
     copy_config(Path(config_path), root)
     devices = resolve_devices(config, devices)
     groups = pending_groups(grid, root / "results.jsonl")
-    done = len(grid.cells) - sum(len(g.cells) for g in groups)
-    log.info("%d cells, %d already done, %d group(s) to run", len(grid.cells), done, len(groups))
+    done = grid.size - sum(g.size for g in groups)
+    log.info("%d cells, %d already done, %d group(s) to run", grid.size, done, len(groups))
     if on_start is not None:
         on_start(config, grid, devices, done)
     report = progress or (lambda done, total: None)
-    report(done, len(grid.cells))
+    report(done, grid.size)
 
     def advance(cells: int) -> None:
         nonlocal done
         done += cells
-        report(done, len(grid.cells))
+        report(done, grid.size)
 
     execute(groups, config, devices, root, registry, advance)
     select_best(root)

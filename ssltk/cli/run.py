@@ -25,6 +25,8 @@ def _print_plan(plan, name: str, out: Console) -> None:
     for line in plan.external:
         out.print(f"external encoder {line}", highlight=False, soft_wrap=True)
     out.print(f"finetuning: {plan.cells} cells (budgets {', '.join(plan.budgets)})")
+    if plan.distills:
+        out.print(f"distillation: {plan.distills} students (one per teacher cell)")
     for line in plan.missing:
         out.print(f"[yellow]missing[/] {line}", highlight=False, soft_wrap=True)
 
@@ -53,7 +55,8 @@ def command(
     def on_start(cfg, grid, devices, done):
         external = (f", {len(grid.external_jobs)} external encoder(s)" if grid.external_jobs
                     else "")
-        out.print(f"{cfg.name}: {len(grid.cells)} cells ({done} already done), "
+        extra = f" + {len(grid.distills)} distillations" if grid.distills else ""
+        out.print(f"{cfg.name}: {len(grid.cells)} cells{extra} ({done} already done), "
                   f"{len(grid.pretrain_jobs)} pretraining runs{external}, "
                   f"devices {', '.join(devices)}")
 

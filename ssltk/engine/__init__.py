@@ -1,4 +1,4 @@
-"""Training engine: pretraining, finetuning, embeddings, checkpoints, metrics.
+"""Training engine: pretraining, finetuning, distillation, embeddings, checkpoints, metrics.
 
 Every stage is a plain function, usable from a notebook as from the CLI:
 
@@ -12,6 +12,7 @@ _EXPORTS = {
     "PretrainRun": "runs", "FinetuneRun": "runs", "pretrain_run": "runs", "finetune_run": "runs",
     "PretrainResult": "pretraining", "pretrain": "pretraining",
     "FinetuneResult": "finetuning", "finetune": "finetuning",
+    "DistillRun": "runs", "distill_run": "runs", "DistillResult": "distillation", "distill": "distillation",
     "embed_store": "embed", "export_encoder": "embed",
 }
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from ssltk.registry import Registry, get_registry
 from ssltk.specs import ComponentSpec
 from ssltk.store import VolumeStore
 
-__all__ = ["FinetuneResult", "FinetuneRun", "embed_rows", "finetune", "load_encoder",
-           "load_encoder_state"]
+__all__ = ["Classifier", "FinetuneResult", "FinetuneRun", "embed_rows", "finetune",
+           "forward_rows", "load_encoder", "load_encoder_state", "logits_of", "result_of", "train_epochs",
+           "val_score_of"]
 log = logging.getLogger(__name__)
 PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
@@ -165,12 +167,12 @@ def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: T
         else:
             est = Ridge(alpha=1.0 / c)
         model = make_pipeline(StandardScaler(), est).fit(emb["train"], y["train"])
-        score = _score(run, targets, y["val"], _predict(run, model, emb["val"], targets))
+        score = val_score_of(run, targets, y["val"], _predict(run, model, emb["val"], targets))
         history.append({"C": c, "val_score": score})
         if best is None or score > best[0]:
             best = (score, model)
     test_out = _predict(run, best[1], emb["test"], targets)
-    return (_result(run, targets, y["test"], test_out, None, history),
+    return (result_of(run, targets, y["test"], test_out, None, history),
             probe_arrays(best[1], run.task))
 
 
@@ -182,7 +184,7 @@ def _predict(run: FinetuneRun, model, x: np.ndarray, targets: Targets) -> np.nda
     return proba
 
 
-def _score(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray) -> float:
+def val_score_of(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray) -> float:
     """Validation score, higher is better: ROC-AUC (balanced accuracy if undefined), -MAE."""
     if run.task == "regression":
         return -float(np.mean(np.abs(out - y)))
@@ -191,7 +193,7 @@ def _score(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray) -
     return m["balanced_accuracy"] if not np.isfinite(auc) else float(auc)
 
 
-def _result(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray,
+def result_of(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray,
             best_epoch: int | None, history: list[dict]) -> FinetuneResult:
     if run.task == "regression":
         metrics = regression_metrics(y, out)
@@ -204,7 +206,9 @@ def _result(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray,
 
 
 # -- full finetuning ---------------------------------------------------------------------------
-class _Classifier(nn.Module):
+class Classifier(nn.Module):
+    """An encoder and a linear head: ``(B, C, *spatial) -> (B, n_out)`` logits (or values)."""
+
     def __init__(self, backbone: Backbone, n_out: int):
         super().__init__()
         self.backbone, self.head = backbone, nn.Linear(backbone.out_dim, n_out)
@@ -213,53 +217,83 @@ class _Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+BatchLoss = Callable[[Tensor, np.ndarray], Tensor]
+"""``loss(out, rows)``: the loss of a batch from the model's ``(B, n_out)`` float output and
+the batch's store rows ``(B,)`` (which say where its targets are)."""
+
+
 def _train_full(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
                 ctx: runtime.Context, registry: Registry,
                 progress: bool) -> tuple[FinetuneResult, dict]:
     """The result, and the head's state (outputting the value itself for regression)."""
     n_out = targets.n_classes if run.task == "classification" else 1
-    model = _Classifier(backbone, n_out).to(ctx.device)
+    model = Classifier(backbone, n_out).to(ctx.device)
     optimizer = torch.optim.AdamW(
         [{"params": model.backbone.parameters(), "lr": run.lr * run.encoder_lr_ratio},
          {"params": model.head.parameters(), "lr": run.lr}], weight_decay=run.weight_decay)
     loss_fn = _loss_fn(run, targets, ctx)
-    pipeline = Pipeline.from_specs(registry, run.augmentations, path="augmentations")
     y_train = torch.as_tensor(targets.values(run.train_rows))
     row_pos = {r: i for i, r in enumerate(run.train_rows)}
+
+    def batch_loss(out: Tensor, rows: np.ndarray) -> Tensor:
+        return loss_fn(out, y_train[[row_pos[r] for r in rows]].to(ctx.device))
+
+    best_epoch, history = train_epochs(model, optimizer, batch_loss, run.train_rows, run,
+                                       reader, targets, ctx, registry, progress,
+                                       f"finetune {run.mode}")
+    test_out = forward_rows(model, reader, run.test_rows, run, targets, ctx)
+    result = result_of(run, targets, targets.values(run.test_rows), test_out, best_epoch,
+                         history)
+    return result, _head_state(model.head, run, targets)
+
+
+def train_epochs(model: Classifier, optimizer: torch.optim.Optimizer, batch_loss: BatchLoss,
+                 rows, run, reader: BatchReader, targets: Targets, ctx: runtime.Context,
+                 registry: Registry, progress: bool, label: str) -> tuple[int, list[dict]]:
+    """Train ``model`` on ``rows`` for ``run.epochs`` epochs with early stopping on the
+    validation score of ``run.val_rows`` (``run.patience`` stale epochs), then restore the
+    best epoch's weights; ``run.patience = None`` trains every epoch and keeps the last. Shared by full finetuning and distillation
+    (:mod:`ssltk.engine.distillation`), whose runs both carry ``epochs``, ``batch_size``, ``seed``,
+    ``patience``, ``precision``, ``augmentations``, ``task`` and the row lists.
+
+    Returns:
+        ``(best epoch, history)``: one ``{"epoch", "train_loss", "val_score"}`` per epoch.
+    """
+    pipeline = Pipeline.from_specs(registry, run.augmentations, path="augmentations")
     best, history, stale = None, [], 0
-    bar = runtime.ProgressBar(run.epochs, f"finetune {run.mode}", enabled=progress)
+    bar = runtime.ProgressBar(run.epochs, label, enabled=progress)
     with bar:
         for epoch in range(run.epochs):
             model.train()
             losses = []
-            for step, rows in enumerate(epoch_batches(run.train_rows, run.batch_size, run.seed,
-                                                      epoch, drop_last=len(run.train_rows) > run.batch_size)):
-                x, _ = reader.read(rows)
+            for step, batch in enumerate(epoch_batches(rows, run.batch_size, run.seed, epoch,
+                                                       drop_last=len(rows) > run.batch_size)):
+                x, _ = reader.read(batch)
                 gen = runtime.step_generator(run.seed, epoch * 100_000 + step)
                 x = pipeline(x.to(ctx.device), gen) if len(pipeline) else x.to(ctx.device)
-                y = y_train[[row_pos[r] for r in rows]].to(ctx.device)
                 with runtime.autocast(run.precision, ctx):
                     out = model(x)
-                loss = loss_fn(out.float(), y)
+                loss = batch_loss(out.float(), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(loss.item())
-            val_out = _forward_rows(model, reader, run.val_rows, run, targets, ctx)
-            score = _score(run, targets, targets.values(run.val_rows), val_out)
+            val_out = forward_rows(model, reader, run.val_rows, run, targets, ctx)
+            score = val_score_of(run, targets, targets.values(run.val_rows), val_out)
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                             "val_score": score})
             bar.update_plain()
-            if best is None or score > best[0]:
+            if run.patience is None:  # a fixed schedule: the last epoch's weights
+                best = (score, epoch, None)
+            elif best is None or score > best[0]:
                 best, stale = (score, epoch, _copy_state(model)), 0
             else:
                 stale += 1
                 if stale >= run.patience:
                     break
-    model.load_state_dict(best[2])
-    test_out = _forward_rows(model, reader, run.test_rows, run, targets, ctx)
-    result = _result(run, targets, targets.values(run.test_rows), test_out, best[1], history)
-    return result, _head_state(model.head, run, targets)
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    return best[1], history
 
 
 def _head_state(head: nn.Linear, run: FinetuneRun, targets: Targets) -> dict[str, Tensor]:
@@ -282,16 +316,24 @@ def _loss_fn(run: FinetuneRun, targets: Targets, ctx: runtime.Context):
 
 
 @torch.no_grad()
-def _forward_rows(model: _Classifier, reader: BatchReader, rows, run: FinetuneRun,
-                  targets: Targets, ctx: runtime.Context) -> np.ndarray:
+def logits_of(model: nn.Module, reader: BatchReader, rows, batch_size: int, precision: str,
+              ctx: runtime.Context) -> Tensor:
+    """``rows`` -> the model's raw ``(len(rows), n_out)`` float32 outputs on the CPU (eval
+    mode, no augmentation)."""
     model.eval()
     rows = np.asarray(rows, dtype=np.int64)
     outs = []
-    for i in range(0, len(rows), run.batch_size):
-        x, _ = reader.read(rows[i:i + run.batch_size])
-        with runtime.autocast(run.precision, ctx):
+    for i in range(0, len(rows), batch_size):
+        x, _ = reader.read(rows[i:i + batch_size])
+        with runtime.autocast(precision, ctx):
             outs.append(model(x.to(ctx.device)).float().cpu())
-    out = torch.cat(outs)
+    return torch.cat(outs)
+
+
+def forward_rows(model: nn.Module, reader: BatchReader, rows, run: FinetuneRun,
+                 targets: Targets, ctx: runtime.Context) -> np.ndarray:
+    """Class probabilities ``(N, K)``, or predicted values ``(N,)`` (regression)."""
+    out = logits_of(model, reader, rows, run.batch_size, run.precision, ctx)
     if run.task == "regression":
         mean, std = targets.standardisation(run.train_rows)
         return (out[:, 0] * std + mean).numpy()

@@ -3,6 +3,8 @@
 * :class:`PretrainRun` – everything that determines the weights a pretraining ends with;
   :class:`FinetuneRun` – everything that determines a finetuning result. Both hash their
   content (``run.content_hash()``): the identity of a checkpoint and of a grid cell.
+* :class:`DistillRun` – everything that determines a distillation (SimCLRv2's third stage)
+  after a finetuning cell, built by :func:`distill_run` from the teacher's FinetuneRun.
 * :func:`pretrain_run` and :func:`finetune_run` build them from a
   :class:`~ssltk.config.BenchmarkConfig`. The grid (:mod:`ssltk.bench.grid`), the CLI and
   notebooks all call these two functions, and the runs take their settings from the TOML
@@ -23,13 +25,16 @@ from pydantic import Field
 
 from ssltk.config import (
     BenchmarkConfig,
+    DistillSettings,
     FinetuneSettings,
+    Precision,
     PretrainSettings,
     TargetSettings,
 )
 from ssltk.specs import ComponentSpec, ObjectiveSpec
 
-__all__ = ["FinetuneRun", "PretrainRun", "finetune_run", "pretrain_run"]
+__all__ = ["DistillRun", "FinetuneRun", "PretrainRun", "distill_run", "finetune_run",
+           "pretrain_run"]
 
 
 class PretrainRun(PretrainSettings):
@@ -56,6 +61,24 @@ class FinetuneRun(FinetuneSettings, TargetSettings):
     val_rows: list[int]
     test_rows: list[int]
     seed: int = 0
+
+
+class DistillRun(DistillSettings, TargetSettings):
+    """Everything that determines a distillation result (the teacher is given apart: it is a
+    finetuning cell's model, identified by that cell)."""
+
+    store: Path
+    student: ComponentSpec
+    encoder: Path | None = Field(default=None, description="Initial student encoder (init = "
+                                                           "'pretrained'); None = random.")
+    pool_rows: list[int] = Field(description="Rows the teacher labels and the student learns: "
+                                             "the training pool, never a val or test row.")
+    train_rows: list[int] = Field(description="The budget's labelled rows (within the pool).")
+    val_rows: list[int]
+    test_rows: list[int]
+    seed: int = 0
+    precision: Precision = "auto"
+    augmentations: list[ComponentSpec] = Field(default_factory=list)
 
 
 def pretrain_run(config: BenchmarkConfig, objective: ObjectiveSpec, *, store: str | Path,
@@ -93,3 +116,21 @@ def finetune_run(config: BenchmarkConfig, rows: tuple[Sequence[int], Sequence[in
                        encoder=encoder, mode=mode, train_rows=train, val_rows=val,
                        test_rows=test, seed=seed, **config.data.fields_of(TargetSettings),
                        **config.finetune.fields_of(FinetuneSettings))
+
+
+def distill_run(config: BenchmarkConfig, teacher: FinetuneRun,
+                pool_rows: Sequence[int]) -> DistillRun:
+    """The distillation after the finetuning ``teacher``: its split, store and target, the
+    ``[distill]`` settings, and ``pool_rows`` (store rows of the split's training pool).
+
+    Args:
+        config: the benchmark; ``config.distill`` must be set.
+        teacher: the teacher cell's run (its val and test rows are the student's).
+        pool_rows: every training-pool row of the teacher's (seed, repeat) split.
+    """
+    d = config.distill
+    return DistillRun(store=teacher.store, student=d.student or teacher.backbone,
+                      pool_rows=[int(r) for r in pool_rows], train_rows=teacher.train_rows,
+                      val_rows=teacher.val_rows, test_rows=teacher.test_rows, seed=teacher.seed,
+                      precision=teacher.precision, augmentations=teacher.augmentations,
+                      **teacher.fields_of(TargetSettings), **d.fields_of(DistillSettings))
