@@ -137,3 +137,24 @@ def test_the_student_agrees_with_its_teacher_on_the_pool_and_never_sees_the_test
     assert result.pool_agreement >= 0.8, result.pool_agreement
     assert result.metrics["roc_auc"] > 0.5 and len(result.predictions["rows"]) == 8
     assert result.predictions["rows"] == cohort["test"]
+
+
+@pytest.mark.numerics
+def test_label_weight_mixes_in_the_cross_entropy_of_the_labelled_rows_only():
+    from types import SimpleNamespace
+
+    # pool rows 10, 11; only row 11 is labelled (class 2)
+    run = SimpleNamespace(pool_rows=[10, 11], train_rows=[11], label_weight=0.25,
+                          temperature=2.0)
+    targets = SimpleNamespace(values=lambda rows: np.array([2] * len(rows)))
+    ctx = SimpleNamespace(device="cpu")
+    teacher = torch.tensor(TEACHER_LOGITS, dtype=torch.float64)
+    student = torch.tensor(STUDENT_LOGITS, dtype=torch.float64)
+    loss = distillation._batch_loss(run, targets, teacher, ctx)(student, np.array([10, 11]))
+    ce = -math.log(_softmax(STUDENT_LOGITS[1], 1.0)[2])  # row 11, label 2, tau = 1
+    expected = 0.75 * _hand_loss(STUDENT_LOGITS, TEACHER_LOGITS, 2.0) + 0.25 * ce
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    unlabelled = distillation._batch_loss(run, targets, teacher, ctx)(student[:1],
+                                                                        np.array([10]))
+    assert float(unlabelled) == pytest.approx(
+        0.75 * _hand_loss(STUDENT_LOGITS[:1], TEACHER_LOGITS[:1], 2.0), rel=1e-12)

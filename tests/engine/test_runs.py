@@ -105,3 +105,22 @@ def test_a_run_from_a_toml_without_settings_equals_a_run_built_by_hand(config_wi
                           test_rows=ROWS[2])
     assert finetune_run(config, ROWS, "frozen", seed=0) == by_hand
     assert finetune_run(config, ROWS, "frozen", seed=0).batch_size == 16
+
+
+DISTILL = {"temperature": 3.0, "epochs": 4, "batch_size": 5, "lr": 0.2, "weight_decay": 0.01,
+           "patience": 3, "label_weight": 0.5, "init": "pretrained"}
+"""A value other than the default for every distillation setting."""
+
+
+def test_every_distill_setting_of_the_toml_reaches_the_run(config_with):
+    from ssltk.config import DistillSettings
+    from ssltk.engine import distill_run
+
+    assert set(DISTILL) == set(DistillSettings.model_fields)
+    config = config_with("distill", DISTILL | {"modes": ["frozen"]})  # the tiny grid's mode
+    teacher = finetune_run(config, ROWS, "full", seed=3)
+    run = distill_run(config, teacher, [0, 1, 2, 9])
+    assert dumped(run, DistillSettings) == DISTILL
+    assert run.pool_rows == [0, 1, 2, 9] and run.student == config.backbone
+    assert (run.train_rows, run.val_rows, run.test_rows) == tuple(ROWS) and run.seed == 3
+    assert (run.precision, run.augmentations) == (teacher.precision, teacher.augmentations)
