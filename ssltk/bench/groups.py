@@ -27,7 +27,7 @@ from ssltk.bench.models import model_dir, model_info
 from ssltk.bench.results import append_result, finished_cells
 from ssltk.budgets import Budget
 from ssltk.engine import distill, finetune, pretrain
-from ssltk.engine.bundle import MODEL_JSON
+from ssltk.engine.bundle import MODEL_JSON, check_target
 from ssltk.engine.checkpoint import package_versions
 from ssltk.engine.finetuning import best_val_score
 from ssltk.engine.runtime import numerics
@@ -106,6 +106,8 @@ def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: 
     run = cell.run.model_copy(update={"encoder": encoder})
     save = model_dir(root, cell, group.save_models, group.largest)
     target = teacher_dir(root, cell) if keep else save
+    if keep and save is not None:
+        check_target(save)  # before training, not after
     out = finetune(run, registry=registry, device=device, save_model=target,
                    model_info=model_info(cell, *info) if target else None)
     if keep and save is not None:

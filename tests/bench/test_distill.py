@@ -105,7 +105,7 @@ def test_a_rerun_skips_finished_distillations(finished, monkeypatch):
 @pytest.mark.numerics
 def test_a_crash_between_teacher_and_student_reruns_only_the_distillation(
         tmp_path, write_config, finished, monkeypatch):
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, finetune={"save_models": "all"})  # not part of cell keys
     root = tmp_path / "runs" / "tiny"
     real_finetune, real_distill = groups.finetune, groups.distill
 
@@ -130,6 +130,7 @@ def test_a_crash_between_teacher_and_student_reruns_only_the_distillation(
     after = read_results(root / "results.jsonl")
     assert len(after) == 12 and len(finetuned) == 12 - 4 - 2  # cells left, no teacher again
     assert ("full", 4, None) not in finetuned  # scratch's first full cell is not re-made
+    assert len(list((root / "models").iterdir())) == 8  # a teacher's bundle is saved too
     reference = {r["cell"]: r["metrics"] for r in read_results(finished / "results.jsonl")}
     assert {r["cell"]: r["metrics"] for r in after} == reference
 
