@@ -12,7 +12,8 @@ _EXPORTS = {
     "PretrainRun": "runs", "FinetuneRun": "runs", "pretrain_run": "runs", "finetune_run": "runs",
     "PretrainResult": "pretraining", "pretrain": "pretraining",
     "FinetuneResult": "finetuning", "finetune": "finetuning",
-    "DistillRun": "runs", "distill_run": "runs", "DistillResult": "distillation", "distill": "distillation",
+    "DistillRun": "runs", "distill_run": "runs",
+    "DistillResult": "distillation", "distill": "distillation",
     "embed_store": "embed", "export_encoder": "embed",
 }
 __all__ = sorted(_EXPORTS)

@@ -38,8 +38,8 @@ from ssltk.specs import ComponentSpec
 from ssltk.store import VolumeStore
 
 __all__ = ["Classifier", "FinetuneResult", "FinetuneRun", "embed_rows", "finetune",
-           "forward_rows", "load_encoder", "load_encoder_state", "logits_of", "result_of", "train_epochs",
-           "val_score_of"]
+           "forward_rows", "load_encoder", "load_encoder_state", "logits_of", "result_of",
+           "train_epochs", "val_score_of"]
 log = logging.getLogger(__name__)
 PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
@@ -252,9 +252,10 @@ def train_epochs(model: Classifier, optimizer: torch.optim.Optimizer, batch_loss
                  registry: Registry, progress: bool, label: str) -> tuple[int, list[dict]]:
     """Train ``model`` on ``rows`` for ``run.epochs`` epochs with early stopping on the
     validation score of ``run.val_rows`` (``run.patience`` stale epochs), then restore the
-    best epoch's weights; ``run.patience = None`` trains every epoch and keeps the last. Shared by full finetuning and distillation
-    (:mod:`ssltk.engine.distillation`), whose runs both carry ``epochs``, ``batch_size``, ``seed``,
-    ``patience``, ``precision``, ``augmentations``, ``task`` and the row lists.
+    best epoch's weights; ``run.patience = None`` trains every epoch and keeps the last.
+    Shared by full finetuning and distillation (:mod:`ssltk.engine.distillation`), whose runs
+    both carry ``epochs``, ``batch_size``, ``seed``, ``patience``, ``precision``,
+    ``augmentations``, ``task`` and the row lists.
 
     Returns:
         ``(best epoch, history)``: one ``{"epoch", "train_loss", "val_score"}`` per epoch.

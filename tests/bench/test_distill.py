@@ -161,7 +161,8 @@ def test_a_lost_teacher_is_retrained_to_the_same_student(tmp_path, finished):
     ({"finetune": {"modes": ["frozen"]}}, "distill.modes: 'full' is not in finetune.modes"),
     ({"distill": {"student": {"name": "resnet10", "widen": 0.125}}},
      "distill.student.widen: unknown key"),
-    ({"distill": {"init": "pretrained", "student": {"name": "resnet10", "widen_factor": 0.125}}},
+    ({"distill": {"init": "pretrained",
+                  "student": {"name": "resnet10", "widen_factor": 0.125}}},
      "distill.init: 'pretrained' needs the teacher's backbone"),
 ])
 def test_bad_distill_keys_are_one_line(tmp_path, write_config, changes, expected):
