@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ssltk.bench import groups
 from ssltk.bench.cohort import load_cohort
-from ssltk.bench.report import load_results
+from ssltk.bench.report import load_results, write_report
 from ssltk.bench.results import read_results
 from ssltk.bench.runner import prepare, run_benchmark
 from ssltk.bench.stats import paired_comparison
@@ -178,3 +178,29 @@ def test_the_dry_run_counts_the_distillations(tmp_path, write_config):
     result = CliRunner().invoke(app, ["run", "--dry-run", str(write_config(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "distillation: 4 students" in result.output
+
+
+def test_an_external_encoder_is_distilled_like_any_method(tmp_path, write_config, finished):
+    encoder = next((finished / "pretrain").glob("simclr-*/encoder.pt"))
+    cfg = write_config(tmp_path, pretrain={"external": [{"name": "ext", "path": str(encoder)}]},
+                       finetune={"modes": ["full"], "n_per_class": [2]},
+                       distill={"methods": ["ext"]})
+    root = run_benchmark(cfg)
+    records = read_results(root / "results.jsonl")
+    assert sorted(r["method"] for r in records) == ["ext", "ext+distill", "scratch", "simclr"]
+    student = next(r for r in records if r["method"] == "ext+distill")
+    assert student["pretrain"]["external"] and student["split_hash"] == records[0]["split_hash"]
+    write_report(root)
+    assert "| ext+distill |" in (root / "report.md").read_text()
+
+
+def test_with_a_predefined_test_split_the_pool_excludes_it(tmp_path, write_config):
+    cfg = write_config(tmp_path, finetune={"test_from": {"column": "sex", "value": "F"},
+                                           "test_fraction": None})
+    config, grid = prepare(cfg)
+    cohort = load_cohort(config)
+    female = set(cohort.rows[cohort.in_test].tolist())
+    assert grid.distills and len(female) == 16
+    for d in grid.distills:
+        assert set(d.run.test_rows) == female and not set(d.run.pool_rows) & female
+        assert not set(d.run.pool_rows) & set(d.run.val_rows)
