@@ -12,11 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from ssltk.budgets import Budget
-from ssltk.errors import ConfigError
-from ssltk.registry import Registry, format_validation_error
+from ssltk.errors import ConfigError, did_you_mean
+from ssltk.registry import Registry, check_in_model, context_registry, format_validation_error
 from ssltk.specs import ComponentSpec, ObjectiveSpec, StrictModel, content_hash
 
 __all__ = [
@@ -33,22 +33,64 @@ PRECISION_HELP = "auto: bf16 autocast on CUDA, fp32 on CPU."
 class OptimConfig(StrictModel):
     """Optimiser and schedule of a training run, the ``[pretrain.optimizer]`` table.
 
-    Built by :func:`ssltk.engine.optim.build_optimizer`.
+    ``name`` and the keys this model does not define are the spec of a registered optimiser
+    (``register_optimizers``: adamw, sgd, lars, sam...), validated against its ``Config`` with
+    their TOML path: ``{name = "sgd", momentum = 0.9, lr = 0.1}``. The other keys (lr, schedule,
+    weight decay, clipping) are the engine's and the same for every optimiser. Built by
+    :func:`ssltk.engine.optim.build_optimizer`.
+
+    Component names are checked against the ``registry`` of the validation context
+    (:func:`load_config` passes its own), else against the installed plugins.
     """
 
-    name: Literal["adamw", "sgd", "lars"] = "adamw"
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="adamw", description="A registered optimizer (ssltk list-plugins "
+                                                   "--kind optimizers); its parameters go in "
+                                                   "this table too.")
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (after warmup).")
     weight_decay: float = Field(default=1e-4, ge=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd and lars only.")
-    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="adamw only.")
     warmup_epochs: float = Field(default=0, ge=0, description="Linear warmup length.")
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1,
                                 description="Final lr of the cosine decay, as a fraction of lr.")
     grad_clip: float | None = Field(default=None, gt=0,
                                     description="Max global gradient norm (None: no clipping).")
-    lars_eta: float = Field(default=0.001, gt=0, description="LARS trust coefficient.")
     exclude_bias_and_norm: bool = Field(
         default=True, description="No weight decay nor LARS adaptation for biases and norms.")
+
+    def spec(self) -> ComponentSpec:
+        """The optimiser's spec: ``name`` and the parameters this table gives it."""
+        return ComponentSpec(name=self.name, **(self.model_extra or {}))
+
+    def check(self, registry: Registry, path: str) -> None:
+        """Validate the optimiser's name and parameters; errors name ``{path}.key``.
+
+        Raises:
+            ConfigError: an unknown optimiser or key (did-you-mean over this table's keys and
+                the optimiser's), or an invalid value.
+        """
+        try:
+            klass = registry.get("optimizers", self.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}.name: {exc}") from None
+        own = [k for k in type(self).model_fields if k != "name"]
+        allowed = list(klass.Config.model_fields)
+        for key in self.model_extra or {}:
+            if key not in allowed:
+                hint = did_you_mean(key, own + allowed)
+                others = [n for n in registry.names("optimizers")
+                          if key in registry.get("optimizers", n).Config.model_fields]
+                if others and not hint:
+                    hint = f" '{key}' is a parameter of {', '.join(others)}, not of {self.name}."
+                raise ConfigError(f"{path}.{key}: unknown key.{hint} Allowed: "
+                                  f"{', '.join(['name', *own, *allowed])}")
+        registry.validate("optimizers", self.spec(), path)
+
+    @model_validator(mode="after")
+    def _known_optimizer(self, info: ValidationInfo) -> OptimConfig:
+        registry = context_registry(info)
+        check_in_model(lambda path: self.check(registry, path))
+        return self
 
 
 class SynthSpec(StrictModel):
@@ -162,7 +204,9 @@ class PretrainSettings(StrictModel):
 
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=2, description="Global batch, split across ranks.")
-    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    # Built unvalidated: a default must not import plugins (a disabled one included); the
+    # registry that runs it checks the name (check_components, build_optimizer).
+    optimizer: OptimConfig = Field(default_factory=lambda: OptimConfig.model_construct())
     precision: Precision = Field(default="auto", description=PRECISION_HELP)
     channels_last: bool = False
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
@@ -367,6 +411,7 @@ def check_components(config: BenchmarkConfig, registry: Registry) -> None:
               for i, ext in enumerate(config.pretrain.external) if ext.backbone is not None]
     for kind, path, spec in specs:
         registry.validate(kind, spec, path)
+    config.pretrain.optimizer.check(registry, "pretrain.optimizer")
 
 
 def load_config(path: str | Path, registry: Registry | None = None) -> BenchmarkConfig:
@@ -388,7 +433,7 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Benchmark
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     try:
-        config = BenchmarkConfig.model_validate(raw)
+        config = BenchmarkConfig.model_validate(raw, context={"registry": registry})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc, model=BenchmarkConfig)}") from None
     if registry is not None:

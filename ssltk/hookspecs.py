@@ -28,3 +28,8 @@ def register_anchors(register):
 @hookspec
 def register_objectives(register):
     """Register Objective classes: call ``register(cls)`` for each."""
+
+
+@hookspec
+def register_optimizers(register):
+    """Register Optimizer classes: call ``register(cls)`` for each."""

@@ -1,11 +1,13 @@
 """The extension points of ssltk: what a plugin implements.
 
-Four kinds of component are registered by plugins (see :mod:`ssltk.hookspecs`):
+Five kinds of component are registered by plugins (see :mod:`ssltk.hookspecs`):
 
 * :class:`Backbone` – an encoder ``(B, C, *spatial) -> (B, out_dim)``.
 * :class:`Augmentation` – a batched random transform ``(B, C, *spatial) -> same shape``.
 * :class:`Anchor` – a (B, B) similarity kernel over subjects' metadata.
 * :class:`Objective` – a self-supervised loss with its own heads and state.
+* :class:`Optimizer` – builds the torch optimiser of a training run from parameter groups; a
+  :class:`TwoStepOptimizer` (SAM) asks the engine for a second forward/backward pass per step.
 
 Every component class has a class attribute ``name`` (its registry name) and a nested pydantic
 ``Config`` model (``extra="forbid"``) that validates the parameters a TOML file gives it. The
@@ -239,10 +241,69 @@ class Objective(nn.Module, ABC):
         """Called after each optimiser step (momentum encoder updates, queue bookkeeping)."""
 
 
+class Optimizer(ABC):
+    """Builds the torch optimiser of a training run (``{name = "sgd", momentum = 0.9}``).
+
+    Built as ``cls(config, registry=Registry)``; the registry lets an optimiser build another by
+    name (SAM wraps a base optimiser). The parameters a spec gives are the optimiser's own
+    (momentum, betas...); the learning rate, its schedule, weight decay and clipping are the
+    engine's (``[pretrain.optimizer]``'s ``lr``, ``weight_decay``...), the same for every
+    optimiser.
+
+    Class attributes:
+        two_step: whether :meth:`build` returns a :class:`TwoStepOptimizer`.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    two_step: ClassVar[bool] = False
+
+    def __init__(self, config: ComponentConfig, registry: Any = None):
+        self.config = config
+        self.registry = registry
+
+    @abstractmethod
+    def build(self, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+        """The torch optimiser over ``groups``.
+
+        Args:
+            groups: param-group dicts (:func:`ssltk.engine.optim.param_groups`), each with its
+                ``params``, ``weight_decay`` and ``lars_adapt`` (False for biases and norms),
+                some with their own ``lr``.
+            lr: the learning rate of groups without one (the schedule then scales every group).
+        """
+
+    @classmethod
+    def check_nested(cls, config: ComponentConfig, registry: Any, path: str) -> None:
+        """Validate settings that name other components (SAM's ``base``); see
+        :meth:`Objective.check_nested`."""
+
+
+class TwoStepOptimizer(torch.optim.Optimizer):
+    """A torch optimiser whose update needs the gradient at a second point (SAM, ASAM).
+
+    The engine's step with one (``ssltk.engine.pretraining``)::
+
+        loss(w).backward()          # p.grad = g, the (all-reduced under DDP) gradient at w
+        opt.first_step()            # w -> w + e(w, g), remembering w
+        opt.zero_grad(); loss(w + e).backward()   # p.grad = g', same batch
+        clip g' (grad_clip)         # the gradient that is applied
+        opt.step()                  # w restored exactly, then the update with g'
+
+    Subclasses implement :meth:`first_step` and :meth:`step`; ``step(closure)`` must also work
+    alone, as in torch (``closure`` zeroes the gradients, recomputes the loss and backpropagates).
+    """
+
+    def first_step(self) -> None:
+        """Move the parameters to where the second gradient is taken, from their ``grad``."""
+        raise NotImplementedError
+
+
 KINDS: dict[str, type[Any]] = {
     "backbones": Backbone,
     "augmentations": Augmentation,
     "anchors": Anchor,
     "objectives": Objective,
+    "optimizers": Optimizer,
 }
 """Plural kind name (as in the hook ``register_<kind>``) -> base class."""

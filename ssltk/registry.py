@@ -16,8 +16,9 @@ error names its TOML path the same way. :meth:`Registry.validate` is its checkin
 from __future__ import annotations
 
 import fnmatch
+import functools
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,13 @@ from pydantic import BaseModel, ValidationError
 
 from ssltk.errors import ConfigError, PluginError, did_you_mean
 from ssltk.interfaces import KINDS
-from ssltk.plugins import PluginInfo, get_plugin_manager, load_plugins, one_line
+from ssltk.plugins import (
+    PluginInfo,
+    disabled_from_env,
+    get_plugin_manager,
+    load_plugins,
+    one_line,
+)
 from ssltk.specs import ComponentSpec, ObjectiveSpec
 
 
@@ -68,6 +75,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
     path = prefix
     for part in err["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    nested = (err.get("ctx") or {}).get("error")
+    if isinstance(nested, NestedSpecError):  # a component spec checked inside a model
+        return f"{path}.{nested}" if path else str(nested)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, err["loc"])
@@ -75,6 +85,48 @@ def format_validation_error(exc: ValidationError, prefix: str = "",
         if allowed:
             msg += f" Allowed: {', '.join(allowed)}"
     return f"{path}: {msg}" if path else msg
+
+
+class NestedSpecError(ValueError):
+    """A component spec's error raised inside a pydantic validator, relative to the model it
+    validates (``name: unknown optimizer 'adam'...``, ``base.rho: ...``):
+    :func:`format_validation_error` puts the model's own TOML path in front."""
+
+
+_MARK = "\x00"
+
+
+def check_in_model(check: Callable[[str], Any]) -> Any:
+    """Run ``check(path)`` (a registry validation) inside a pydantic validator.
+
+    ``check`` gets a placeholder path; a ConfigError it raises becomes a
+    :class:`NestedSpecError` relative to the model being validated, so that the error of a
+    whole TOML names the full path (``pretrain.optimizer.base.momentum: ...``).
+    """
+    try:
+        return check(_MARK)
+    except ConfigError as exc:
+        raise NestedSpecError(str(exc).replace(_MARK + ".", "").replace(_MARK, "")) from None
+
+
+@functools.cache
+def _installed_registry(disabled: frozenset[str]) -> Registry:
+    return get_registry(disabled=set(disabled))
+
+
+def default_registry() -> Registry:
+    """The registry of installed plugins minus ``SSLTK_DISABLE_PLUGINS``, built once per process.
+
+    What a model validates component names against when it is built without a registry in its
+    validation context (``Model.model_validate(data, context={"registry": registry})``).
+    """
+    return _installed_registry(frozenset(disabled_from_env()))
+
+
+def context_registry(info: Any) -> Registry:
+    """The ``registry`` of a pydantic validator's context, else :func:`default_registry`."""
+    context = getattr(info, "context", None) or {}
+    return context.get("registry") or default_registry()
 
 
 @dataclass(frozen=True)
@@ -196,8 +248,9 @@ class Registry:
         except ConfigError as exc:
             raise ConfigError(f"{path}.name: {exc}" if path else str(exc)) from None
         config = self.config(kind, spec.name, spec.params(), path)
-        if kind == "objectives":
+        if hasattr(klass, "check_nested"):  # objectives and optimizers
             klass.check_nested(config, self, path or spec.name)
+        if kind == "objectives":
             if spec.anchor is not None:
                 if not klass.uses_anchor:
                     raise ConfigError(f"{path}.anchor: objective '{spec.name}' takes no anchor; "
@@ -215,7 +268,8 @@ class Registry:
                 objective's may carry an ``anchor`` spec, built here and passed to it.
             path: where the spec sits in the TOML, for error messages.
             context: the kind's construction context (``in_channels``/``spatial_dims`` for
-                backbones, ``backbone`` for objectives; see :mod:`ssltk.interfaces`).
+                backbones, ``backbone`` for objectives; see :mod:`ssltk.interfaces`). Objectives
+                and optimizers also get ``registry=self``.
         """
         spec = as_spec(kind, spec, path)
         config = self.validate(kind, spec, path)
@@ -223,6 +277,8 @@ class Registry:
             anchor = None if spec.anchor is None else \
                 self.build("anchors", spec.anchor, f"{path}.anchor")
             context = {"anchor": anchor, "registry": self, **context}
+        elif kind == "optimizers":
+            context = {"registry": self, **context}
         return self.get(kind, spec.name)(config, **context)
 
     def create(self, kind: str, name: str, params: Mapping[str, Any] | None = None,

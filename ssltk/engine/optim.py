@@ -1,7 +1,8 @@
 """Optimisers, learning-rate schedule and gradient clipping of the training loops.
 
 * :class:`~ssltk.config.OptimConfig` (defined with the TOML's tables, re-exported here) – the
-  ``[pretrain.optimizer]`` table: AdamW, SGD or LARS, warmup, cosine decay, gradient clipping.
+  ``[pretrain.optimizer]`` table: a registered optimiser (adamw, sgd, lars, sam... from the
+  ``register_optimizers`` plugins), warmup, cosine decay, gradient clipping.
 * :func:`build_optimizer` – the optimiser, with biases and normalisation parameters in a
   separate group free of weight decay (and of LARS adaptation), as SimCLR, BYOL and MoCo v3 do.
 * :class:`LARS` – layer-wise adaptive rate scaling (You et al., 2017, "Large Batch Training of
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from ssltk.config import OptimConfig
 from ssltk.errors import SsltkError
+from ssltk.registry import Registry, default_registry
 
 __all__ = ["LARS", "OptimConfig", "WarmupCosine", "build_optimizer", "clip_gradients",
            "cosine_schedule", "param_groups"]
@@ -133,31 +135,30 @@ class LARS(torch.optim.Optimizer):
 
 
 # -- building ----------------------------------------------------------------------------------
-def build_optimizer(params_or_model: nn.Module | Iterable,
-                    config: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(params_or_model: nn.Module | Iterable, config: OptimConfig,
+                    registry: Registry | None = None) -> torch.optim.Optimizer:
     """The optimiser named by ``config``, over the groups of :func:`param_groups`.
 
     Args:
         params_or_model: a module, parameters, or param-group dicts (see :func:`param_groups`).
-        config: the optimiser settings.
+        config: the optimiser settings; ``config.spec()`` names a registered optimiser.
+        registry: where to find it (default: the installed plugins).
 
     Returns:
-        ``torch.optim.AdamW``, ``torch.optim.SGD`` or :class:`LARS`.
+        What the optimiser plugin builds (the built-ins: ``torch.optim.AdamW``,
+        ``torch.optim.SGD``, :class:`LARS`, and SAM, a
+        :class:`~ssltk.interfaces.TwoStepOptimizer` around one of them).
 
     Raises:
         SsltkError: there is no trainable parameter.
+        ConfigError: an unknown optimiser or parameter (``optimizer.name: ...``).
     """
     groups = param_groups(params_or_model, config.weight_decay, config.exclude_bias_and_norm)
     if not groups:
         raise SsltkError("nothing to optimise: the model has no parameter with requires_grad=True")
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas,
-                                 weight_decay=config.weight_decay)
-    if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return LARS(groups, lr=config.lr, momentum=config.momentum,
-                weight_decay=config.weight_decay, eta=config.lars_eta)
+    registry = registry or default_registry()
+    config.check(registry, "optimizer")
+    return registry.build("optimizers", config.spec(), "optimizer").build(groups, config.lr)
 
 
 # -- schedule ----------------------------------------------------------------------------------

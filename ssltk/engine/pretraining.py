@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ssltk.augment import Pipeline, default_pipeline
 from ssltk.data.loading import BatchReader, epoch_batches, rank_slice
@@ -36,7 +37,7 @@ from ssltk.engine.monitor import build_monitor
 from ssltk.engine.optim import build_optimizer, clip_gradients, cosine_schedule
 from ssltk.engine.runs import PretrainRun
 from ssltk.errors import SsltkError
-from ssltk.interfaces import Batch, Objective
+from ssltk.interfaces import Batch, Objective, ObjectiveOutput, TwoStepOptimizer
 from ssltk.registry import Registry, get_registry
 from ssltk.store import VolumeStore
 
@@ -56,6 +57,31 @@ class PretrainResult:
 
 class NonFiniteLossError(SsltkError):
     """The loss became NaN or Inf."""
+
+
+@dataclass
+class _StepState:
+    """What a forward pass may change besides the weights: the module's buffers and the
+    state of the batch's generator (for a two-step optimiser's second pass)."""
+
+    buffers: list[torch.Tensor]
+    generator: torch.Tensor | None
+
+    @classmethod
+    def take(cls, module: torch.nn.Module, generator: torch.Generator | None) -> _StepState:
+        return cls([b.detach().clone() for b in module.buffers()],
+                   None if generator is None else generator.get_state())
+
+    def swap_into(self, module: torch.nn.Module,
+                  generator: torch.Generator | None = None) -> _StepState:
+        """Put this state into ``module`` (and ``generator``); return the one it replaced."""
+        current = _StepState.take(module, generator)
+        with torch.no_grad():
+            for b, saved in zip(module.buffers(), self.buffers, strict=True):
+                b.copy_(saved)
+        if generator is not None and self.generator is not None:
+            generator.set_state(self.generator)
+        return current
 
 
 def build_objective(run: PretrainRun, store: VolumeStore, registry: Registry) -> Objective:
@@ -147,7 +173,7 @@ class _Trainer:
             raise SsltkError(f"{run.store} has {len(self.rows)} volumes to pretrain on, fewer "
                              f"than one batch of {run.batch_size}; lower batch_size")
         self.total_steps = self.steps_per_epoch * run.epochs
-        self.optimizer = build_optimizer(self.objective, run.optimizer)
+        self.optimizer = build_optimizer(self.objective, run.optimizer, registry)
         warmup = round(run.optimizer.warmup_epochs * self.steps_per_epoch)
         self.scheduler = cosine_schedule(self.optimizer, self.total_steps, warmup,
                                          run.optimizer.min_lr_ratio)
@@ -246,13 +272,14 @@ class _Trainer:
                       original=x if self.objective.needs_original else None)
         t_data = time.perf_counter() - t0
         self.objective.train()
-        with runtime.autocast(self.run.precision, self.ctx):
-            out = self.model(batch)
-        self.watch.observe(out.loss, self.step)
+        two_step = isinstance(self.optimizer, TwoStepOptimizer)
+        before = _StepState.take(self.objective, generator) if two_step else None
+        out = self._forward(batch)
         if (self.step + 1) % self.sync_every == 0:
             self._check_finite()
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        self._backward(out.loss)
+        if two_step:
+            self._second_pass(batch, before)
         if self.run.optimizer.grad_clip:
             clip_gradients(self.objective, self.run.optimizer.grad_clip)
         self.optimizer.step()
@@ -261,6 +288,36 @@ class _Trainer:
         self.step += 1
         self.epoch_stats.add(out, len(rows) * self.ctx.world, t_data, time.perf_counter() - t0,
                              self.scheduler.get_last_lr()[0])
+
+    def _forward(self, batch: Batch) -> ObjectiveOutput:
+        """The objective at the current weights (under autocast), its loss watched for NaN."""
+        with runtime.autocast(self.run.precision, self.ctx):
+            out = self.model(batch)
+        self.watch.observe(out.loss, self.step)
+        return out
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """``p.grad`` = the gradient of ``loss`` (all-reduced by DDP's backward)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def _second_pass(self, batch: Batch, before: _StepState) -> None:
+        """A two-step optimiser's (SAM's) second pass: the gradient at the moved weights.
+
+        The first pass's gradient is all-reduced already (no ``no_sync``), so every rank moves
+        its weights identically. The second pass sees exactly what the first saw: the buffers
+        as they were before it (MoCo's queue without this step's keys, batch-norm statistics,
+        running label statistics) and the same random draws from the batch generator; after it,
+        the buffers are put back as the first pass left them, so state that a forward updates
+        is updated once per step, at the weights being trained. ``grad_clip`` then clips the
+        gradient of this pass, the one applied (clipping the first would not change SAM's
+        perturbation, which is normalised).
+        """
+        after = before.swap_into(self.objective, batch.generator)
+        self.optimizer.first_step()
+        # its loss is watched too: a NaN here must not reach a checkpoint either
+        self._backward(self._forward(batch).loss)
+        after.swap_into(self.objective)
 
     def _end_epoch(self, epoch: int) -> None:
         self._check_finite()
