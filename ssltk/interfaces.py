@@ -193,6 +193,11 @@ class Objective(nn.Module, ABC):
     registry lets an objective build other components by name (multitask wraps another
     objective); ``anchor`` is None unless the TOML gives one.
 
+    State that ``forward`` updates in training (queues, running statistics) must live in buffers
+    (``register_buffer``): with a two-step optimiser (SAM) the engine runs ``forward`` twice per
+    step and restores the buffers around the second run, so that state is updated once per
+    step; plain Python attributes are not restored.
+
     Class attributes:
         n_views: how many augmented views of each sample the engine must provide.
         needs_original: whether the engine must pass the un-augmented batch too.
