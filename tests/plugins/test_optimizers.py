@@ -87,7 +87,8 @@ def test_acceptance_optimizer_validates():
     ({"adaptive": "yes please"}, "pretrain.optimizer.adaptive: Input should be a valid boolean"),
     ({"name": "adam"}, "pretrain.optimizer.name: unknown optimizer 'adam'. Did you mean 'adamw'?"),
     ({"name": "adamw", "momentum": 0.9, "base": None, "rho": None, "adaptive": None},
-     "pretrain.optimizer.momentum: unknown key. 'momentum' is a parameter of lars, sgd, not of adamw."),
+     "pretrain.optimizer.momentum: unknown key. 'momentum' is a parameter of lars, sgd, "
+     "not of adamw."),
 ])
 def test_a_typo_in_the_optimizer_is_one_line_naming_the_toml_path(changes, message, tmp_path,
                                                                    make_benchmark, registry):
