@@ -3,7 +3,8 @@
 :func:`run_group` pretrains (or reuses the checkpoint), then finetunes and records each cell,
 and distils each teacher cell (``[distill]``): the teacher's model is kept as a bundle under
 ``RUN_DIR/distill/teachers/<cell>`` from its finetuning until its student's row is written, so
-a crash in between resumes with the distillation alone.
+a crash in between resumes with the distillation alone. The frozen cells of one encoder share
+its embeddings (:class:`~ssltk.engine.finetuning.EmbeddingCache`).
 :func:`run_groups` is what every worker process runs (a spawned device worker, a submitit job):
 it rebuilds the plugin registry in that process from the *names* of the disabled plugins, so a
 plugin disabled in the parent (``ssltk --disable-plugin X``) is never imported in a worker.
@@ -29,7 +30,7 @@ from ssltk.budgets import Budget
 from ssltk.engine import distill, finetune, pretrain
 from ssltk.engine.bundle import MODEL_JSON, check_target
 from ssltk.engine.checkpoint import package_versions
-from ssltk.engine.finetuning import best_val_score
+from ssltk.engine.finetuning import EmbeddingCache, best_val_score
 from ssltk.engine.runtime import numerics
 from ssltk.registry import Registry, get_registry
 
@@ -87,12 +88,13 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
     pending = {c.key for c in group.cells}
     order = group.cells + [d.teacher for d in group.distills if d.teacher.key not in pending]
     info = (benchmark, config_hash)
+    embeddings = EmbeddingCache()  # the frozen cells of this encoder embed each row once
     for cell in order:
         student = students.get(cell.key)
         if cell.key in pending:
             t0 = time.perf_counter()
             out = _finetune(cell, encoder, group, root, info, device, registry,
-                            keep=student is not None)
+                            keep=student is not None, embeddings=embeddings)
             append_result(root / "results.jsonl",
                           record(cell, out, benchmark, config_hash, pretrain_s,
                                  time.perf_counter() - t0) | {"numerics": numerics(device)})
@@ -101,7 +103,8 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
 
 
 def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: tuple,
-              device: str, registry: Registry, keep: bool):
+              device: str, registry: Registry, keep: bool,
+              embeddings: EmbeddingCache | None = None):
     """Finetune a cell; ``keep``: also keep its model as a teacher (teacher_dir)."""
     run = cell.run.model_copy(update={"encoder": encoder})
     save = model_dir(root, cell, group.save_models, group.largest)
@@ -109,7 +112,8 @@ def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: 
     if keep and save is not None:
         check_target(save)  # before training, not after
     out = finetune(run, registry=registry, device=device, save_model=target,
-                   model_info=model_info(cell, *info) if target else None)
+                   model_info=model_info(cell, *info) if target else None,
+                   embeddings=embeddings)
     if keep and save is not None:
         _copy_bundle(target, save)
     return out

@@ -37,9 +37,9 @@ from ssltk.registry import Registry, get_registry
 from ssltk.specs import ComponentSpec
 from ssltk.store import VolumeStore
 
-__all__ = ["Classifier", "FinetuneResult", "FinetuneRun", "embed_rows", "finetune",
-           "forward_rows", "load_encoder", "load_encoder_state", "logits_of", "result_of",
-           "train_epochs", "val_score_of"]
+__all__ = ["Classifier", "EmbeddingCache", "FinetuneResult", "FinetuneRun", "embed_rows",
+           "finetune", "forward_rows", "load_encoder", "load_encoder_state", "logits_of",
+           "result_of", "train_epochs", "val_score_of"]
 log = logging.getLogger(__name__)
 PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
@@ -87,12 +87,15 @@ def load_encoder_state(encoder: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str = "auto",
              progress: bool = False, save_model: str | Path | None = None,
-             model_info: dict | None = None) -> FinetuneResult:
+             model_info: dict | None = None,
+             embeddings: EmbeddingCache | None = None) -> FinetuneResult:
     """Finetune and evaluate; returns test metrics and per-row predictions.
 
     Args:
         save_model: also write the trained model as a bundle folder there
             (:mod:`ssltk.engine.bundle`); ``model_info`` adds facts to its model.json.
+        embeddings: frozen mode: take the encoder's embeddings from this cache, shared with
+            the other frozen cells of the same encoder (computed once for every labelled row).
     """
     registry = registry or get_registry()
     if save_model is not None:
@@ -109,7 +112,7 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
                             registry).to(ctx.device)
     reader = BatchReader(store)
     if run.mode == "frozen":
-        result, head = _probe(run, backbone, reader, targets, ctx)
+        result, head = _probe(run, backbone, reader, targets, ctx, embeddings)
     else:
         result, head = _train_full(run, backbone, reader, targets, ctx, registry, progress)
     if save_model is not None:
@@ -144,8 +147,43 @@ def embed_rows(backbone: Backbone, reader: BatchReader, rows, ctx: runtime.Conte
     return out
 
 
+class EmbeddingCache:
+    """Frozen embeddings of one encoder, shared by the linear-probe cells that evaluate it.
+
+    A probe needs only the encoder's embeddings (eval mode, no augmentation), and every cell of
+    one encoder (label budgets x split repeats) draws its rows from the same labelled cohort.
+    On first use the cache embeds every labelled row of the store, in row order and batches of
+    the run's ``batch_size``; a cell then gets the same numbers whichever cells ran before it,
+    so a resumed run equals an uninterrupted one. A run with another encoder, store, target,
+    backbone, batch size or precision replaces the table.
+    """
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._position: dict[int, int] = {}
+        self._table = np.empty((0, 0), dtype=np.float32)
+
+    @staticmethod
+    def key(run: FinetuneRun) -> str:
+        return run.model_dump_json(include={"encoder", "store", "target", "task", "classes",
+                                            "backbone", "batch_size", "precision"})
+
+    def lookup(self, run: FinetuneRun, backbone: Backbone, reader: BatchReader,
+               targets: Targets, ctx: runtime.Context, rows) -> np.ndarray:
+        """``(len(rows), out_dim)`` embeddings of ``rows`` (labelled rows of ``run.store``)."""
+        key = self.key(run)
+        if key != self._key:
+            labelled = np.sort(targets.labelled_rows())
+            self._table = embed_rows(backbone, reader, labelled, ctx, run.batch_size,
+                                     run.precision)
+            self._position = {int(r): i for i, r in enumerate(labelled)}
+            self._key = key
+        return self._table[[self._position[int(r)] for r in rows]]
+
+
 def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: Targets,
-           ctx: runtime.Context) -> tuple[FinetuneResult, dict]:
+           ctx: runtime.Context, cache: EmbeddingCache | None = None
+           ) -> tuple[FinetuneResult, dict]:
     """The result, and the chosen probe as plain arrays (for a bundle)."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
@@ -153,9 +191,13 @@ def _probe(run: FinetuneRun, backbone: Backbone, reader: BatchReader, targets: T
 
     from ssltk.engine.bundle import probe_arrays
 
-    emb = {name: embed_rows(backbone, reader, rows, ctx, run.batch_size, run.precision)
-           for name, rows in (("train", run.train_rows), ("val", run.val_rows),
-                              ("test", run.test_rows))}
+    sides = (("train", run.train_rows), ("val", run.val_rows), ("test", run.test_rows))
+    if cache is None:
+        emb = {name: embed_rows(backbone, reader, rows, ctx, run.batch_size, run.precision)
+               for name, rows in sides}
+    else:
+        emb = {name: cache.lookup(run, backbone, reader, targets, ctx, rows)
+               for name, rows in sides}
     y = {name: targets.values(rows) for name, rows in (("train", run.train_rows),
                                                          ("val", run.val_rows),
                                                          ("test", run.test_rows))}
