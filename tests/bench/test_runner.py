@@ -179,7 +179,9 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
     root = tmp_path / "runs" / "tiny"
     first = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg), "--cli"],
                              stderr=subprocess.PIPE, text=True,
-                             env=os.environ | {"SSLTK_TEST_CELL_PAUSE": "1.5"})
+                             env=os.environ | {"SSLTK_TEST_CELL_PAUSE": "3"})
+    # 3 s per cell: the 9 cells left (27 s) outlast the second process's start under load (it
+    # once finished first at load 6 with 1.5 s); Ctrl-C cuts the pause short
     _wait_for_results(first, root / "results.jsonl", 3)
     # the same benchmark from another terminal (or a Slurm job on the same filesystem)
     second = subprocess.run([sys.executable, "-m", "ssltk", "run", str(cfg)],
