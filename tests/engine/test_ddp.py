@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _gloo import free_port, worker
 
 from ssltk.engine import PretrainRun, pretrain
 from ssltk.engine.checkpoint import load_checkpoint
@@ -22,30 +21,13 @@ BACKBONE = {"name": "resnet10", "widen_factor": 0.25, "norm": "group"}
 OBJECTIVES = {"simclr": {"name": "simclr"}, "yaware": {"name": "yaware", "proj_output_norm": False}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, run_json: str, out: str) -> None:
-    import os
-
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        pretrain(PretrainRun.model_validate_json(run_json), out, device="cpu")
-    finally:
-        torch.distributed.destroy_process_group()
-
 
 @pytest.mark.parametrize("objective", ["simclr", "yaware"])
 def test_two_gloo_ranks_match_one_process_on_the_combined_batch(objective, store3d, tmp_path):
     run = PretrainRun(store=store3d, backbone=BACKBONE, objective=OBJECTIVES[objective],
                       augmentations=[], epochs=2, batch_size=8, seed=0)
     single = pretrain(run, tmp_path / "single", device="cpu")
-    mp.start_processes(_worker, args=(2, _free_port(), run.model_dump_json(),
+    mp.start_processes(worker, args=(2, free_port(), run.model_dump_json(),
                                       str(tmp_path / "ddp")), nprocs=2, start_method="spawn")
     ddp = [h["loss"] for h in read_history(tmp_path / "ddp" / "history.jsonl") if "loss" in h]
     assert ddp == pytest.approx([h["loss"] for h in single.history if "loss" in h], rel=1e-4,

@@ -3,11 +3,10 @@ is updated once per step, clipping acts on the applied gradient, bf16, resume an
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _gloo import free_port, worker
 
 from ssltk.config import load_config
 from ssltk.engine import PretrainRun, pretrain, pretrain_run
@@ -153,23 +152,6 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(store3d, tmp_path,
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, run_json: str, out: str) -> None:
-    import os
-
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        pretrain(PretrainRun.model_validate_json(run_json), out, device="cpu")
-    finally:
-        torch.distributed.destroy_process_group()
-
 
 def test_two_gloo_ranks_match_one_process_with_sam(store3d, tmp_path, registry):
     # Each rank perturbs its weights with the all-reduced gradient of the first pass, so two
@@ -179,7 +161,7 @@ def test_two_gloo_ranks_match_one_process_with_sam(store3d, tmp_path, registry):
     # Group norm and no augmentation: as tests/engine/test_ddp.py.
     run = _run(store3d, augmentations=[], epochs=1)
     single = pretrain(run, tmp_path / "single", device="cpu")
-    mp.start_processes(_worker, args=(2, _free_port(), run.model_dump_json(),
+    mp.start_processes(worker, args=(2, free_port(), run.model_dump_json(),
                                       str(tmp_path / "ddp")), nprocs=2, start_method="spawn")
     ddp = [h["loss"] for h in read_history(tmp_path / "ddp" / "history.jsonl") if "loss" in h]
     assert ddp == pytest.approx([h["loss"] for h in single.history if "loss" in h], rel=1e-4)
