@@ -16,9 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ssltk.bench.models import best_bundles
-from ssltk.bench.plots import method_label
 from ssltk.bench.results import RESULTS_FILE, read_results
-from ssltk.bench.stats import method_sort_key
+from ssltk.bench.stats import method_label, method_sort_key
 
 log = logging.getLogger(__name__)
 

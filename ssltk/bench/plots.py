@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from ssltk.bench.stats import (SCRATCH, AggregateRow, Budget, budget_of, lower_is_better,
-                               method_sort_key)
+                               method_label, method_sort_key)
 from ssltk.engine.metrics import roc_curve_points
 
 _PANEL = (5.2, 4.2)  # inches per panel
@@ -177,12 +177,6 @@ def pr_curves(y_true, proba, class_names: list[str]) -> dict[str, tuple]:
         out["macro"] = (_RECALL_GRID, np.mean(interp, axis=0),
                         float(np.mean([ap for _, _, ap in per_class])))
     return out
-
-
-def method_label(method: str, mode: str) -> str:
-    """How a method is named in figures: scratch in frozen mode is a probe on a randomly
-    initialised, untrained encoder, and says so."""
-    return "random init (frozen)" if method == SCRATCH and mode == "frozen" else method
 
 
 def plot_roc(results: list[dict], path: Path) -> Path | None:

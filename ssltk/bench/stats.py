@@ -22,7 +22,26 @@ from scipy import stats
 from ssltk.budgets import Budget
 
 SCRATCH = "scratch"
-"""Method label of the baseline trained from scratch (always a row of the grid)."""
+"""Method id of the random-init encoder (always a row of the grid): a probe on the untrained
+encoder in frozen mode, supervised training from random init in full mode."""
+RANDOM_INIT_BN = "random_init_bn"
+"""Method id of the frozen baseline whose batch-norm statistics are re-estimated on the
+pretraining pool (no gradient step)."""
+RAW_INPUT = "raw_input"
+"""Method id of the frozen baseline that probes the (average-pooled) input itself."""
+BASELINES = (SCRATCH, RANDOM_INIT_BN, RAW_INPUT)
+"""Method ids that are baselines, not pretrained encoders."""
+_LABELS = {(SCRATCH, "frozen"): "random init (frozen)", (RANDOM_INIT_BN, "frozen"):
+           "random init, BN fitted", (RAW_INPUT, "frozen"): "raw input (linear)"}
+
+
+def method_label(method: str, mode: str) -> str:
+    """How a method is named for readers (report, console, results.csv, plots).
+
+    In frozen mode ``scratch`` is a probe on an untrained encoder and is called
+    "random init (frozen)"; in full mode it is training from scratch and keeps its name.
+    """
+    return _LABELS.get((method, mode), method)
 #: Metrics where a smaller value is better; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "test_loss"})
 UNIT_INTERVAL = frozenset({"roc_auc", "roc_auc_micro", "accuracy", "balanced_accuracy",
