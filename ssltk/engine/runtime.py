@@ -148,11 +148,57 @@ def to_device(x: Tensor, ctx: Context, channels_last_: bool) -> Tensor:
 
 
 def autocast(precision: str, ctx: Context):
-    """bf16 autocast when asked (or ``auto`` on CUDA), else a no-op context."""
+    """bf16 autocast when asked (or ``auto`` on CUDA), else a no-op context.
+
+    On the CPU, convolutions whose input is smaller than their kernel run in float32
+    (:class:`CpuTinyConvsInFloat32`).
+    """
     use_bf16 = precision == "bf16" or (precision == "auto" and ctx.device.type == "cuda")
     if not use_bf16:
         return contextlib.nullcontext()
-    return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+    if ctx.device.type != "cpu":
+        return torch.autocast(ctx.device.type, dtype=torch.bfloat16)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+    stack.enter_context(CpuTinyConvsInFloat32())
+    return stack
+
+
+# (function, index of ``dilation`` among its positional arguments)
+_CONVS = {torch.conv1d: 5, torch.conv2d: 5, torch.conv3d: 5, torch.conv_transpose1d: 7,
+          torch.conv_transpose2d: 7, torch.conv_transpose3d: 7}
+
+
+def _smaller_than_kernel(func, args: tuple, kwargs: dict) -> bool:
+    x, weight = args[0], args[1]
+    dilation = kwargs.get("dilation", args[_CONVS[func]] if len(args) > _CONVS[func] else 1)
+    dilation = [dilation] * (weight.dim() - 2) if isinstance(dilation, int) else list(dilation)
+    extent = [(k - 1) * d + 1 for k, d in zip(weight.shape[2:], dilation)]
+    return any(s < e for s, e in zip(x.shape[-len(extent):], extent))
+
+
+class CpuTinyConvsInFloat32(torch.overrides.TorchFunctionMode):
+    """Under CPU bf16 autocast, a convolution whose input is smaller than its kernel along some
+    axis (a 3^3 kernel on a 1^3 or 2^3 feature map: a ResNet's last stage at 16^3 inputs) runs
+    in float32.
+
+    torch 2.13's oneDNN bf16 kernels compute the weight gradient of such a convolution (plain
+    or transposed) from uninitialised memory: NaN, or finite values off by 10^36, in 2-22 % of
+    calls, depending on what the allocator held before; once it aborted the process with a
+    heap corruption (measured with ``benchmarks/perf/bf16_tiny_conv.py``). Inputs at least as
+    large as the kernel were exact in every case tried. These layers cost next to nothing, so
+    float32 there costs nothing measurable.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CONVS and _smaller_than_kernel(func, args, kwargs):
+            with torch.autocast("cpu", enabled=False):
+                args = tuple(a.float() if isinstance(a, Tensor) else a for a in args)
+                kwargs = {k: v.float() if isinstance(v, Tensor) else v
+                          for k, v in kwargs.items()}
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 SYNC_EVERY = 50

@@ -3,6 +3,7 @@ is updated once per step, clipping acts on the applied gradient, bf16, resume an
 
 from __future__ import annotations
 
+import contextlib
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -112,10 +113,12 @@ def test_bf16_autocast_runs_both_passes(store3d, tmp_path, registry, monkeypatch
     entered = []
     real = pretraining_module.runtime.autocast
 
+    @contextlib.contextmanager
     def spy(precision, ctx):
-        cm = real(precision, ctx)
-        entered.append(isinstance(cm, torch.autocast) and cm.fast_dtype == torch.bfloat16)
-        return cm
+        with real(precision, ctx):
+            entered.append(torch.is_autocast_enabled("cpu")
+                           and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            yield
 
     monkeypatch.setattr(pretraining_module.runtime, "autocast", spy)
     result = pretrain(_run(store3d, precision="bf16", epochs=1), tmp_path / "bf16",
