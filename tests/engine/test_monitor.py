@@ -138,6 +138,7 @@ def test_a_random_init_already_collapsed_blames_the_inputs_not_the_objective():
     assert not inputs_look_constant(_constant_init(rank=3.0)["monitor"])
 
 
+@pytest.mark.numerics
 def test_constant_inputs_give_a_collapsed_random_init_encoder(tmp_path):
     """A store of zeros (what ``--normalize zscore`` made of binary masks): the monitors at
     random init find every sample at the same features, and the diagnosis says so."""
