@@ -39,8 +39,13 @@ def is_constant(x: np.ndarray) -> bool:
 
 
 def _percent(fraction: float) -> str:
-    """``0.97 -> "97%"``, ``0.00012 -> "0.012%"``: enough digits to tell tiny fractions apart."""
-    return f"{100 * fraction:.3g}%"
+    """``0.97 -> "97%"``, ``0.00012 -> "0.012%"``, ``0.99993 -> "99.993%"``: three significant
+    digits, more where they would round a part to none or to all of it."""
+    for digits in range(3, 10):
+        text = f"{100 * fraction:.{digits}g}"
+        if (float(text) in (0, 100)) == (fraction in (0, 1)):
+            break
+    return f"{text}%"
 
 
 def background_share(x: np.ndarray) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from ssltk.cli import app
 from ssltk.store import StoreError, VolumeStore
 from ssltk.store.encoding import Encoding, decode_into, encode
 from ssltk.store.ingest_nifti import NiftiOptions, preprocess
-from ssltk.store.intensity import MODES, is_constant, normalize
+from ssltk.store.intensity import MODES, check_not_flattened, is_constant, normalize
 
 KINDS = ("binary", "sparse", "constant", "ordinary")
 PROPERTY = settings(max_examples=80, deadline=None,
@@ -216,3 +216,10 @@ def test_ingesting_png_masks_keeps_their_two_levels(tmp_path):
     store = VolumeStore.open(tmp_path / "i.h5")
     assert np.unique(store[0]).tolist() == [0.0, 1.0] and store[0][0, 7, 8] == 1.0
     assert _cli("store", "verify", tmp_path / "i.h5").exit_code == 1
+
+
+def test_shares_in_messages_never_round_a_part_to_none_or_all():
+    x = np.zeros(20_000, np.float32)
+    x[0] = 1.0
+    with pytest.raises(ValueError, match=r"; 99\.995% of the source is 0, the rest differs"):
+        check_not_flattened(x, np.zeros(4, np.float32), "a step", "the fix")
