@@ -84,6 +84,12 @@ def _pair(first: dict, last: dict, key: str, digits: int, scale: str | None = No
     return f"{a:.{digits}f} → {b:.{digits}f} ({b - a:+.{digits}f})"
 
 
+def _status(warning: str) -> str:
+    if "inputs look constant" in warning:
+        return "**inputs constant**"
+    return "**collapsed**" if "collapsed" in warning else "**below random init**"
+
+
 def monitor_markdown(runs: list[MonitoredRun]) -> list[str]:
     """The report's section: one row per run (random init -> end), then the warnings."""
     lines = ["## Pretraining monitors", "",
@@ -95,8 +101,7 @@ def monitor_markdown(runs: list[MonitoredRun]) -> list[str]:
     for run in runs:
         (_, first), (epochs, last) = run.series[0], run.series[-1]
         warns = run.warnings()
-        status = "ok" if not warns else ", ".join(
-            "**collapsed**" if "collapsed" in w else "**below random init**" for w in warns)
+        status = "ok" if not warns else ", ".join(_status(w) for w in warns)
         lines.append(f"| {run.label} | {epochs} | {_pair(first, last, 'rank', 1)} "
                      f"| {_pair(first, last, 'proj_std', 2, 'proj_std_ref')} "
                      f"| {_pair(first, last, 'knn_auc', 3)} | {_pair(first, last, 'linear_auc', 3)} "
@@ -105,7 +110,9 @@ def monitor_markdown(runs: list[MonitoredRun]) -> list[str]:
     lines += ["", f"Effective rank: RankMe of the backbone's representation. std · √d of the "
                   "objective's (projection) embeddings, as the loss sees them: 1 for isotropic "
                   f"features, 0 for complete collapse. Collapsed: effective rank below "
-                  f"{COLLAPSE_RANK:g}, or std · √d below {COLLAPSE_STD:g}."]
+                  f"{COLLAPSE_RANK:g}, or std · √d below {COLLAPSE_STD:g}. Inputs constant: "
+                  f"the random-init encoder already gives every sample the same features "
+                  f"(check the store with 'ssltk store verify')."]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
     return lines

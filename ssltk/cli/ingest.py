@@ -86,7 +86,10 @@ def nifti(
     spacing: Annotated[float | None, typer.Option(
         "--spacing", metavar="MM", min=0.01, help="Resample to isotropic voxels of MM mm.")] = None,
     normalize: Annotated[Normalize, typer.Option(
-        "--normalize", help="Intensity normalisation.")] = Normalize.percentile,
+        "--normalize", help="Intensity normalisation: percentile (to [0, 1]; a binary mask is "
+                            "stored as 0/1), zscore (inside the foreground; refuses binary "
+                            "masks) or none (the only one that keeps a constant file). See "
+                            "docs/store.md.")] = Normalize.percentile,
     dtype: DTypeOpt = DType.auto,
     max_error: MaxErrorOpt = None,
     compression: CompressionOpt = Compression.zstd,

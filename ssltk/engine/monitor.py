@@ -26,7 +26,8 @@ mode and without augmentation, on a fixed subset of the pretraining store: befor
   ``folds``-fold cross-validation (out-of-fold predictions), fixed ``C``.
 
 :func:`diagnose` turns a history into warnings: a collapsed run (final ``rank`` below
-:data:`COLLAPSE_RANK`) or one whose final probe is below its own random-init probe.
+:data:`COLLAPSE_RANK`) or one whose final probe is below its own random-init probe; when the
+random-init encoder is already collapsed, the one warning says the inputs look constant.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ COLLAPSE_STD = 0.25
 """A run whose objective embeddings' ``proj_std * sqrt(proj_dim)`` ends below this has collapsed
 into a narrow cone (mean pairwise cosine near 1): the loss no longer separates samples. RankMe,
 being scale-invariant, misses this kind of collapse. See docs/engine.md#representation-monitors."""
+CONSTANT_INPUT_STD = 1e-3
+"""A random-init encoder whose embeddings' ``embed_std * sqrt(dim)`` is below this, with an
+effective rank below :data:`COLLAPSE_RANK`, gives every monitored sample the same features:
+its inputs look constant (a store of blank or flattened volumes), whatever the objective."""
 INIT_EPOCH = -1
 """``epoch`` of the history line measured before the first step (random initialisation)."""
 
@@ -347,6 +352,14 @@ def _std_ratio(m: dict, prefix: str = "") -> float:
     return std / ref if std is not None and ref else math.inf
 
 
+def inputs_look_constant(m: dict) -> bool:
+    """Whether a monitor measurement ``m`` has every sample at (almost) the same features:
+    effective rank below :data:`COLLAPSE_RANK` and ``embed_std * sqrt(dim)`` below
+    :data:`CONSTANT_INPUT_STD` (a random-init encoder only does that on identical inputs)."""
+    return (m.get("rank", math.inf) < COLLAPSE_RANK
+            and _std_ratio(m) < CONSTANT_INPUT_STD)
+
+
 def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
     """Warnings about a run's history: collapse, or a final probe below the random-init one.
 
@@ -355,12 +368,20 @@ def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
       ``proj_std * sqrt(proj_dim)`` is below :data:`COLLAPSE_STD`, and in each case below its
       value at random init (a tiny network can start in a cone; only falling into one is a
       collapse);
-    * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one.
+    * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one;
+    * constant inputs, instead of both: the random-init encoder is already collapsed
+      (:func:`inputs_look_constant`), so no objective is to blame.
     """
     series = monitor_series(history)
     if not series:
         return []
     (e0, first), (e1, last) = series[0], series[-1]
+    if e0 == 0 and inputs_look_constant(first):
+        return [f"{label}: the random-init encoder is already collapsed (effective rank "
+                f"{first['rank']:.2f}, embeddings' std·√d {_std_ratio(first):.1e} before the "
+                f"first step): every monitored sample gives the same features, so the inputs "
+                f"look constant; check the store ('ssltk store verify') and the ingest's "
+                f"--normalize, not the objective"]
     warnings, collapse = [], []
     if last.get("rank", math.inf) < min(COLLAPSE_RANK, first.get("rank", math.inf)):
         collapse.append(f"effective rank {last['rank']:.2f} < {COLLAPSE_RANK:g} (of "

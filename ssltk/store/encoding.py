@@ -146,8 +146,20 @@ def encode(volume: np.ndarray, enc: Encoding) -> Encoded:
                              f"normalise intensities first (--normalize percentile) or use "
                              f"another --dtype")
         codes = x.astype(np.float16)
+        _check_resolved(codes, x, enc)
         return Encoded(codes, error=_max_abs_diff(codes.astype(np.float32), x))
     return _encode_integer(x, enc)
+
+
+def _check_resolved(decoded: np.ndarray, x: np.ndarray, enc: Encoding) -> None:
+    """Refuse a volume with structure that the stored dtype reads back as constant (a range
+    of a few float16 or float32 steps at its magnitude): a store never holds a flattened
+    volume."""
+    if x.size and x.min() != x.max() and decoded.min() == decoded.max():
+        raise StoreError(f"{enc.dtype} storage reads this volume back as constant (its values "
+                         f"span only {float(x.max()) - float(x.min()):g} around "
+                         f"{float(x.min()):g}); use --dtype float32, or normalise intensities "
+                         f"(--normalize percentile)")
 
 
 def _encode_integer(x: np.ndarray, enc: Encoding) -> Encoded:
@@ -172,6 +184,7 @@ def _encode_integer(x: np.ndarray, enc: Encoding) -> Encoded:
     codes = np.clip(codes, 0, top).astype(enc.dtype)
     decoded = np.empty(x.shape, np.float32)
     decode_into(decoded, codes, scale, offset, numpy_only=True)
+    _check_resolved(decoded, x, enc)
     error = _max_abs_diff(decoded, x)
     limit = enc.bound * span + 4 * np.spacing(np.float32(max(abs(lo), abs(hi))))
     if error > limit:  # cannot happen unless the arithmetic above is wrong: never store it

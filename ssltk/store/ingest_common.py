@@ -25,6 +25,7 @@ import numpy as np
 from ssltk.store import lock
 from ssltk.store.damage import StoreWriteError
 from ssltk.store.encoding import Encoding
+from ssltk.store.intensity import is_constant
 from ssltk.store.schema import ColumnSpec, StoreError
 from ssltk.store.writer import StoreWriter
 
@@ -253,7 +254,7 @@ def run_items(items: Iterable[Item], process: Callable[[Item], Processed],
     ``get_writer(item, result)`` returns the writer, creating the store on the first volume
     when its shape is only known then.
     """
-    done = 0
+    done, constant = 0, []
     for item, result in ordered_map(process, list(items), workers):
         if result.error is not None:
             fail(item.path, result.error, on_error, report)
@@ -264,6 +265,8 @@ def run_items(items: Iterable[Item], process: Callable[[Item], Processed],
                 writer.append(result.volume, meta,
                               source={"path": str(item.path), "sha256": result.sha256})
                 report.written += 1
+                if is_constant(result.volume):
+                    constant.append(str(item.path))
             except StoreWriteError:  # disk full...: the store's problem, whatever the policy
                 raise
             except StoreError as exc:  # NaN, float16 range, shape: this file's problem
@@ -271,3 +274,12 @@ def run_items(items: Iterable[Item], process: Callable[[Item], Processed],
         done += 1
         if progress is not None:
             progress(done, total)
+    if constant:
+        report.warn(f"{len(constant)} volume(s) stored constant, their files hold a single "
+                    f"value: {_shown(constant)}; they carry nothing to learn ('ssltk store "
+                    f"verify' reports them): remove the files and re-ingest with --overwrite")
+
+
+def _shown(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

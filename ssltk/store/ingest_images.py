@@ -3,8 +3,10 @@
 Layout: ``SRC/<class>/<image>`` (or ``SRC/<split>/<class>/<image>``, as in Kaggle's Alzheimer
 MRI dataset with ``train/`` and ``test/``). Each image becomes a ``(1, H, W)`` row: converted to
 grayscale, resized bilinearly to ``size``, intensities scaled to [0, 1] (8-bit by /255, 16-bit by
-/65535, float images by min-max). Columns: ``label`` (the class folder), ``split`` (the folder
-above it, "" when absent), ``subject_id``, ``session``.
+/65535, float images by min-max): a fixed scale, so a binary 0/255 mask is stored as 0/1 and a
+blank image stays blank (the ingest warns about it, ``ssltk store verify`` reports it). An image
+with structure that the resize turns constant is refused. Columns: ``label`` (the class
+folder), ``split`` (the folder above it, "" when absent), ``subject_id``, ``session``.
 
 Subject ids: 2D datasets rarely say which images come from the same person. By default each
 image is its own subject, with ``subject_id`` = its path below SRC without the suffix
@@ -26,6 +28,7 @@ from ssltk.store.encoding import Encoding
 from ssltk.store.ingest_common import (IngestError, IngestReport, Item, OnError, Processed,
                                        Progress, dedupe, fail, ingest_lock, open_or_resume,
                                        run_items, sha256_file, write_skip_report)
+from ssltk.store.intensity import check_not_flattened
 from ssltk.store.schema import ColumnSpec, StoreArgumentError
 from ssltk.store.writer import StoreWriter
 
@@ -98,6 +101,8 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     out = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
     if not np.isfinite(out).all():
         raise ValueError("image has NaN/Inf values; replace or remove it")
+    check_not_flattened(arr, out, f"resizing to --size {size[0]} {size[1]}",
+                        "its structure is finer than the new pixels: pass a larger --size")
     return out[None]
 
 

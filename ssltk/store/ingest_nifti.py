@@ -2,11 +2,11 @@
 
 Each file is loaded with nibabel and preprocessed with MONAI transforms, in this order:
 reorient to RAS (``Orientation``), resample to ``spacing`` mm (``Spacing``, bilinear), normalise
-intensities (``percentile``: clip to the 0.5-99.5th percentiles and scale to [0, 1], the
-default, so values fit float16; ``zscore``: zero mean, unit variance inside the head mask
-``x > min + 1% of the range``, zero outside; ``none``), then pad with zeros or centre-crop to
-``shape`` (``ResizeWithPadOrCrop``). Normalising before padding keeps the padding equal to the
-background.
+intensities (:mod:`ssltk.store.intensity`: ``percentile``, the default, ``zscore`` or
+``none``), then pad with zeros or centre-crop to ``shape`` (``ResizeWithPadOrCrop``).
+Normalising before padding keeps the padding equal to the background. A file with structure
+that a step turns into a constant volume is refused (one line: the step and the fix), never
+stored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -28,12 +27,11 @@ from ssltk.store.ingest_common import (IngestError, IngestReport, InputFileError
                                        Processed, Progress, dedupe, fail, ingest_lock,
                                        open_or_resume, run_items, sha256_file,
                                        write_skip_report)
+from ssltk.store.intensity import PERCENTILES, Normalize, check_not_flattened, normalize
 from ssltk.store.participants import Participants, read_participants, strip_prefix
 from ssltk.store.schema import ColumnSpec
 from ssltk.store.writer import StoreWriter
 
-Normalize = Literal["none", "zscore", "percentile"]
-PERCENTILES = (0.5, 99.5)
 _SUB = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
 _SES = re.compile(r"(?:^|_)ses-([A-Za-z0-9]+)")
 
@@ -158,25 +156,6 @@ def _quiet(logger: logging.Logger):
         logger.setLevel(level)
 
 
-def normalize(x: np.ndarray, mode: Normalize) -> np.ndarray:
-    """Intensity normalisation of a volume (any shape), see the module docstring."""
-    if mode == "none":
-        return x
-    if mode == "percentile":
-        lo, hi = np.percentile(x, PERCENTILES)
-        if hi <= lo:
-            raise ValueError("image is constant (no intensity range); remove the file")
-        return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    if mode == "zscore":
-        lo, hi = float(x.min()), float(x.max())
-        mask = x > lo + 0.01 * (hi - lo)
-        if mask.sum() < 2:
-            raise ValueError("image has no foreground to z-score; remove the file")
-        mean, std = float(x[mask].mean()), float(x[mask].std())
-        return np.where(mask, (x - mean) / max(std, 1e-8), 0.0).astype(np.float32)
-    raise IngestError(f"--normalize '{mode}' is not one of none, zscore, percentile")
-
-
 def preprocess(data: np.ndarray, affine: np.ndarray,
                options: NiftiOptions) -> tuple[np.ndarray, tuple[float, ...]]:
     """``(D, H, W)`` data -> ``(1, *shape)`` float32 volume and its voxel size in mm."""
@@ -199,12 +178,19 @@ def preprocess_with_affine(data: np.ndarray, affine: np.ndarray, options: NiftiO
     x = MetaTensor(torch.from_numpy(data[None]), affine=torch.from_numpy(affine))
     x = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(x)
     if options.spacing is not None:
-        x = Spacing(pixdim=(options.spacing,) * 3, mode="bilinear")(x)
+        grid = Spacing(pixdim=(options.spacing,) * 3, mode="bilinear")(x)
+        check_not_flattened(data, grid.numpy(), f"resampling to --spacing {options.spacing:g} mm",
+                            "its structure is smaller than the new voxels: use a finer --spacing")
+        x = grid
     zooms = tuple(float(z) for z in np.sqrt((x.affine.numpy()[:3, :3] ** 2).sum(axis=0)))
     vol = MetaTensor(torch.from_numpy(normalize(x.numpy().astype(np.float32, copy=False),
                                                 options.normalize)), affine=x.affine)
     if options.shape is not None:
-        vol = ResizeWithPadOrCrop(spatial_size=options.shape)(vol)
+        cropped = ResizeWithPadOrCrop(spatial_size=options.shape)(vol)
+        check_not_flattened(vol.numpy(), cropped.numpy(),
+                            f"centre-cropping to --shape {' '.join(map(str, options.shape))}",
+                            "its structure lies outside the crop: pass a larger --shape")
+        vol = cropped
     out_affine = vol.affine.numpy().astype(np.float64)
     return np.ascontiguousarray(vol.numpy(), dtype=np.float32), zooms, out_affine
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ssltk.store import damage, schema
 from ssltk.store.ingest_common import sha256_file
+from ssltk.store.intensity import is_constant
 from ssltk.store.reader import VolumeStore, summarize
 from ssltk.store.writer import _open_h5, _row_datasets
 
@@ -89,13 +90,15 @@ class _Stop(Exception):
 
 def _check_volumes(store: VolumeStore, f: h5py.File, result: VerifyResult) -> None:
     """Every committed volume: checksum of its stored bytes (when the store has them), then
-    decoded and finite."""
+    decoded, finite and not constant (a constant volume carries nothing to learn: one problem
+    lists them all)."""
     ds = f["volumes"]
     if not ds.fletcher32:
         result.notes.append("no per-volume checksums (store written before ssltk added them): "
                             "damage that still decompresses cannot be detected; re-create the "
                             "store with 'ssltk ingest' to add them")
     buf = np.empty((1, *store.shape), dtype=np.float32)
+    constant: list[str] = []
     for i in range(len(store)):
         who = store.describe_row(i)
         if damage.chunk_checksum_ok(ds, i) is False:
@@ -111,6 +114,19 @@ def _check_volumes(store: VolumeStore, f: h5py.File, result: VerifyResult) -> No
         bad = int((~np.isfinite(buf)).sum())
         if bad:
             result.problems.append(f"row {i} ({who}): {bad} NaN/Inf values")
+        elif is_constant(buf):
+            constant.append(f"row {i} ({who}, every voxel {float(buf.flat[0]):g})")
+    if constant:
+        result.problems.append(_constant_problem(constant, len(store)))
+
+
+def _constant_problem(rows: list[str], total: int, limit: int = 10) -> str:
+    """One line for the constant volumes: which rows, and the likely cause."""
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return (f"{len(rows)} of {total} volume(s) are constant: {', '.join(rows[:limit])}{more}; "
+            f"likely cause: blank source files, or masks flattened by their normalisation "
+            f"(--normalize zscore on binary masks, before ssltk refused it); check those "
+            f"files and re-ingest them (--normalize percentile keeps a mask's two levels)")
 
 
 def _check_rows(store: VolumeStore, rehash: bool, result: VerifyResult) -> None:
@@ -136,8 +152,8 @@ def _check_rows(store: VolumeStore, rehash: bool, result: VerifyResult) -> None:
 
 def verify_store(path: str | Path, rehash: bool = False) -> VerifyResult:
     """Check a store: structure, committed counter vs dataset sizes, every volume's checksum
-    (stores written with them), every volume decodable and finite, unique (subject, session),
-    a hash for every source file.
+    (stores written with them), every volume decodable, finite and not constant, unique
+    (subject, session), a hash for every source file.
 
     Args:
         path: the store.

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from ssltk.bench.monitors import find_runs, read_history
+from ssltk.bench.monitors import MonitoredRun, find_runs, monitor_markdown, read_history
 from ssltk.bench.report import write_report
 from ssltk.engine.metrics import classification_metrics
 
@@ -97,3 +97,14 @@ def test_read_history_keeps_the_last_record_of_each_epoch_and_skips_a_torn_line(
     path.write_text('{"epoch": -1, "monitor": {"rank": 3}}\n{"epoch": 0, "loss": 2}\n'
                     '{"epoch": 0, "loss": 1}\n{"epoch": 1, "lo')
     assert read_history(path) == [{"epoch": -1, "monitor": {"rank": 3}}, {"epoch": 0, "loss": 1}]
+
+
+def test_a_run_on_constant_inputs_is_reported_as_such_not_as_collapsed():
+    flat = {"rank": 1.0, "embed_std": 0.0, "embed_std_ref": 0.1, "dim": 100}
+    run = MonitoredRun("simclr", 0, [{"epoch": -1, "step": 0, "monitor": flat},
+                                     {"epoch": 0, "step": 10, "loss": 5.0, "monitor": flat}])
+    text = "\n".join(monitor_markdown([run]))
+    row = next(line for line in text.splitlines() if line.startswith("| simclr (seed 0)"))
+    assert row.endswith("| **inputs constant** |") and "collapsed" not in row
+    assert "- simclr (seed 0): the random-init encoder is already collapsed" in text
+    assert "inputs look constant; check the store ('ssltk store verify')" in text

@@ -13,8 +13,9 @@ from ssltk.config import MonitorConfig, PretrainSettings
 from ssltk.engine import PretrainRun, pretrain
 from ssltk.engine.checkpoint import load_checkpoint
 from ssltk.engine.monitor import (COLLAPSE_RANK, COLLAPSE_STD, INIT_EPOCH, diagnose, effective_rank,
-                                  fixed_subset, knn_scores, linear_probe_scores, monitor_series,
-                                  normalised_std, probe_metrics)
+                                  fixed_subset, inputs_look_constant, knn_scores,
+                                  linear_probe_scores, monitor_series, normalised_std,
+                                  probe_metrics)
 
 BACKBONE = {"name": "resnet10", "widen_factor": 0.25, "norm": "group"}
 LIGHT_AUG = [{"name": "flip", "p": 0.5}, {"name": "gaussian_noise", "p": 1.0}]
@@ -116,6 +117,42 @@ def test_diagnose_names_collapse_and_runs_that_end_below_random_init():
     assert len(worse) == 1 and worse[0].startswith("simclr seed 0 did not learn")
     assert "0.780" in worse[0] and "0.800" in worse[0]
     assert [e for e, _ in monitor_series(_history([1, 2], [0.5, 0.6]))] == [0, 1]
+
+
+def _constant_init(rank=1.0, std=0.0):
+    return {"epoch": -1, "monitor": {"rank": rank, "embed_std": std, "embed_std_ref": 0.125,
+                                     "dim": 64, "linear_auc": 0.5}}
+
+
+def test_a_random_init_already_collapsed_blames_the_inputs_not_the_objective():
+    history = [_constant_init(), {"epoch": 0, "monitor": {"rank": 1.0, "embed_std": 0.0,
+                                                          "embed_std_ref": 0.125,
+                                                          "linear_auc": 0.4}}]
+    (warning,) = diagnose(history, label="simclr (seed 0)")
+    assert warning.startswith("simclr (seed 0): the random-init encoder is already collapsed")
+    assert "inputs look constant" in warning and "ssltk store verify" in warning
+    assert "collapsed after" not in warning and "did not learn" not in warning
+    assert inputs_look_constant(history[0]["monitor"])
+    # a tiny network that starts in a cone is not constant input: std·√d far above 1e-3
+    assert not inputs_look_constant(_constant_init(rank=1.5, std=0.11 / 8)["monitor"])
+    assert not inputs_look_constant(_constant_init(rank=3.0)["monitor"])
+
+
+@pytest.mark.numerics
+def test_constant_inputs_give_a_collapsed_random_init_encoder(tmp_path):
+    """A store of zeros (what ``--normalize zscore`` made of binary masks): the monitors at
+    random init find every sample at the same features, and the diagnosis says so."""
+    from ssltk.store import StoreWriter
+
+    store = tmp_path / "zeros.h5"
+    with StoreWriter.create(store, shape=(1, 32, 32), columns={}, dtype="float32") as w:
+        for i in range(16):
+            w.append(np.zeros((1, 32, 32), np.float32), {"subject_id": f"s{i}"})
+    result = pretrain(_run(store, epochs=1, objective="genesis"), tmp_path / "pt")
+    init = result.history[0]["monitor"]
+    assert init["rank"] < 1.01 and init["embed_std"] < 1e-6
+    (warning,) = diagnose(result.history)
+    assert "inputs look constant" in warning
 
 
 # -- the engine hook ----------------------------------------------------------------------------

@@ -89,14 +89,17 @@ def flat_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def small_store(tmp_path: Path) -> Path:
-    """A 6-row float16 store of (1, 8, 8, 8) volumes filled with their row index / 10."""
+    """A 6-row float16 store of (1, 8, 8, 8) volumes filled with their row index / 10, but
+    for the last voxel, 1 (so no volume is constant: ``store verify`` passes)."""
     path = tmp_path / "small.h5"
     sexes = ["F", "M", None, "F", "M", "F"]
     diagnoses = ["CN", "AD", "MCI", "AD", "CN", "CN"]
     with StoreWriter.create(path, shape=(1, 8, 8, 8), columns=COLUMNS, spacing=(2.0, 2.0, 2.0),
                             preprocessing={"normalize": "percentile"}, flush_every=4) as w:
         for i in range(6):
-            w.append(np.full((1, 8, 8, 8), i / 10, dtype=np.float32),
+            vol = np.full((1, 8, 8, 8), i / 10, dtype=np.float32)
+            vol[0, -1, -1, -1] = 1.0
+            w.append(vol,
                      {"subject_id": f"s{i // 2}", "session": f"{i % 2}",
                       "age": None if i == 2 else 60.0 + i, "sex": sexes[i],
                       "diagnosis": diagnoses[i]},

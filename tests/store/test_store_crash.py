@@ -111,7 +111,7 @@ def test_kill_between_write_and_commit_is_invisible(tmp_path):
     path = tmp_path / "s.h5"
     w = StoreWriter.create(path, (1, 4, 4, 4), {}, flush_every=2)
     for i in range(2):
-        w.append(np.zeros((1, 4, 4, 4), np.float32), {"subject_id": f"a{i}"})
+        w.append(np.arange(64, dtype=np.float32).reshape(1, 4, 4, 4), {"subject_id": f"a{i}"})
     w.close()
     with h5py.File(path, "r+") as f:  # what flush() does before bumping `committed`
         for name in ("volumes", "meta/subject_id", "sources/path", "sources/sha256"):

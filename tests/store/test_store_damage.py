@@ -142,6 +142,8 @@ def _v1_store(path: Path) -> list[np.ndarray]:
     import hdf5plugin
 
     vols = [np.full((1, 4, 4, 4), i / 8, np.float32) for i in range(3)]
+    for vol in vols:
+        vol[0, 0, 0, 0] = 1.0  # not constant: verify passes
     with h5py.File(path, "w", fs_strategy="none") as f:
         f.create_dataset("volumes", data=np.stack(vols).astype(np.float16),
                          maxshape=(None, 1, 4, 4, 4), chunks=(1, 1, 4, 4, 4),

@@ -25,7 +25,7 @@ from ssltk.store import ColumnSpec, StoreWriter
 path = Path(sys.argv[1])
 w = StoreWriter.resume(path) if path.exists() else StoreWriter.create(
     path, (1, 16, 16, 16), {"session": ColumnSpec("id")})
-w.append(np.zeros((1, 16, 16, 16), np.float32), {"subject_id": "holder"})
+w.append(np.arange(16 ** 3, dtype=np.float32).reshape(1, 16, 16, 16), {"subject_id": "holder"})
 w.flush()
 print("ready", flush=True)
 sys.stdin.read()
@@ -67,7 +67,7 @@ def test_second_writer_stops_at_once_naming_the_holder(tmp_path, flat_dir):
     assert lock_path(out).exists()  # a stale lock file is left behind...
     with StoreWriter.resume(out) as w:  # ...and taken over by the next writer
         assert f"pid {os.getpid()}" in lock_path(out).read_text()
-        w.append(np.ones((1, 16, 16, 16), np.float32), {"subject_id": "next"})
+        w.append(np.eye(16, dtype=np.float32)[None, None].repeat(16, 1), {"subject_id": "next"})
     assert not lock_path(out).exists()  # removed on a clean close
     store = VolumeStore.open(out)
     assert store.meta["subject_id"].tolist() == ["holder", "next"] and verify_store(out).ok
