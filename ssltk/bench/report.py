@@ -254,7 +254,7 @@ def _gain_section(results: list[dict], metric: str) -> list[str]:
     if not comparisons:
         return []
     rows = gains(results, metric, comparisons)
-    md = [f"## Gains across pretraining seeds ({metric}, {improvement_text(metric)})", "",
+    md = [f"## Gains across pretraining seeds: {improvement_text(metric)}", "",
           "Cells: improvement over random init and over the best baseline of the budget "
           "(by mean), mean across seeds [95% CI], paired t-test across seeds and its Holm "
           "p (family: every comparison of the mode, listed below the table).", ""]
@@ -313,6 +313,9 @@ def summary_table(results: list[dict], metric: str | None = None) -> Table:
     metric = metric or primary_metric(results)
     rows = _plotted_rows(results, metric)
     index = {(g.method, g.mode, g.budget): g for g in gains(results, metric)}
+    second = SECONDARY_METRIC.get(task_of(results))  # R² beside MAE
+    beside = ({(r.method, r.mode, r.budget): r for r in aggregate(results, second, rows[0].unit)}
+              if task_of(results) == "regression" and second != metric else {})
     budgets = sorted({r.budget for r in rows}, key=lambda b: b.sort_key)
     unit = (f"pretraining seeds (n = {n_seeds(results)})" if rows and rows[0].unit == "seed"
             else "split repeats of 1 pretraining seed, descriptive")
@@ -330,6 +333,8 @@ def summary_table(results: list[dict], metric: str | None = None) -> Table:
                 r = cells.get((method, b))
                 text = "" if r is None else f"{fmt(r.mean, 3)} ± {fmt(r.std, 3)}"
                 text = f"[bold]{text}[/bold]" if r in best else text
+                if (method, mode, b) in beside:
+                    text += f", {second} {fmt(beside[(method, mode, b)].mean, 3)}"
                 out.append(text + _console_gain(index.get((method, mode, b))))
             table.add_row(mode, method_label(method, mode), *out)
         table.add_section()
