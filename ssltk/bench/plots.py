@@ -15,12 +15,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from ssltk.bench.stats import (SCRATCH, AggregateRow, Budget, budget_of, lower_is_better,
-                               method_label, method_sort_key)
+from ssltk.bench.stats import (SCRATCH, AggregateRow, Budget, budget_of, is_baseline,
+                               lower_is_better, method_label, method_sort_key)
 from ssltk.engine.metrics import roc_curve_points
 
 _PANEL = (5.2, 4.2)  # inches per panel
 _FPR_GRID = np.linspace(0.0, 1.0, 201)
+_UNIT_AXIS = {"seed": "across pretraining seeds",
+              "cell": "across split repeats of one seed, descriptive"}
 
 
 def _figure(n_rows: int, n_cols: int, title: str) -> tuple[Figure, np.ndarray]:
@@ -44,6 +46,9 @@ def largest_budget(results: list[dict], mode: str) -> Budget | None:
 
 def plot_label_efficiency(rows: list[AggregateRow], path: Path) -> Path:
     """Mean metric against budget, one line per method with its 95% CI band, one panel per mode.
+
+    The axis names the rows' unit: across pretraining seeds, or across the split repeats of
+    one seed (descriptive). Baselines are dashed (random init black).
 
     Budgets are placed at evenly spaced positions in numeric order and labelled with their
     ``budget_label`` (budgets of different kinds cannot share a numeric axis).
@@ -73,7 +78,7 @@ def plot_label_efficiency(rows: list[AggregateRow], path: Path) -> Path:
             _draw_efficiency_line(ax, by_method[method], x_of, dodge, mode)
         ax.set_xticks(range(len(budgets)), [b.label for b in budgets])
         ax.set(title=f"{mode} finetuning", xlabel="labelled training budget",
-               ylabel=f"{metric} (mean, 95% CI)")
+               ylabel=f"{metric} (mean, 95% CI) {_UNIT_AXIS[rows[0].unit]}")
         ax.grid(alpha=0.3)
         ax.legend(title="method", fontsize=9)
     return _save(fig, path)
@@ -86,7 +91,9 @@ def _draw_efficiency_line(ax, rows: list[AggregateRow], x_of: dict, dodge: float
     x = np.array([x_of[r.budget] for r in pts]) + dodge
     mean = np.array([r.mean for r in pts])
     lo, hi = np.array([r.ci_low for r in pts]), np.array([r.ci_high for r in pts])
-    style = {"color": "black", "linestyle": "--"} if pts[0].method == SCRATCH else {}
+    method = pts[0].method
+    style = ({"color": "black", "linestyle": "--"} if method == SCRATCH else
+             {"linestyle": "--"} if is_baseline(method) else {})
     line, = ax.plot(x, mean, marker="o", label=method_label(pts[0].method, mode), **style)
     ax.fill_between(x, lo, hi, where=np.isfinite(lo) & np.isfinite(hi),
                     color=line.get_color(), alpha=0.12, linewidth=0)

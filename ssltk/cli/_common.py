@@ -46,11 +46,14 @@ def progress_bar(description: str, out: Console | None = None) -> Iterator[Updat
 
 
 def show_report(run_dir: Path, metric: str | None = None, out: Console | None = None) -> None:
-    """Write report.md, results.csv and figures/ into ``run_dir``; print the summary table."""
-    from ssltk.bench.report import load_results, summary_table, write_report
+    """Write report.md, results.csv and figures/ into ``run_dir``; print the summary table
+    and the notes a reader must not miss (one pretraining seed, predictions out of range)."""
+    from ssltk.bench.report import load_results, report_notes, summary_table, write_report
 
     out = out or console()
     results = load_results(run_dir)
     path = write_report(run_dir, metric=metric, results=results)
     out.print(summary_table(results, metric))
+    for note in report_notes(results):
+        out.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
     out.print(f"[green]report[/] {path}")

@@ -239,7 +239,11 @@ def result_of(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray
             best_epoch: int | None, history: list[dict]) -> FinetuneResult:
     if run.task == "regression":
         metrics = regression_metrics(y, out)
-        preds = {"rows": list(run.test_rows), "y_true": y.tolist(), "y_pred": out.tolist()}
+        train = targets.values(run.train_rows).astype(np.float64)
+        # the report's mean-predictor baseline and its out-of-range warning read these
+        preds = {"rows": list(run.test_rows), "y_true": y.tolist(), "y_pred": out.tolist(),
+                 "train_target": {"mean": float(train.mean()), "min": float(train.min()),
+                                  "max": float(train.max())}}
     else:
         metrics = classification_metrics(y, out, targets.classes)
         preds = {"rows": list(run.test_rows), "y_true": y.tolist(), "proba": out.tolist(),

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from ssltk.bench.plots import macro_roc
 from ssltk.bench.report import (aggregate, load_results, paired_comparison, primary_metric,
                                 summary_table, write_report)
-from ssltk.bench.stats import paired_tests
+from ssltk.bench.comparisons import seed_comparisons
 from ssltk.budgets import Budget
 from ssltk.cli import _Group
 from ssltk.cli.report import command
@@ -190,10 +190,8 @@ def test_pairs_only_on_equal_split_hash(run_dir):
     b = [known_value("scratch", "frozen", "5/class", s) for s in (0, 2)]
     diff = [x - y for x, y in zip(a, b)]
     assert row.mean_diff == pytest.approx(sum(diff) / 2)
-    assert row.wilcoxon_p == pytest.approx(stats.wilcoxon(diff).pvalue)
-    assert row.ttest_p == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert (row.wins, row.ties, row.losses) == (2, 0, 0)
-    assert "Wilcoxon p cannot go below" in row.note
+    assert row.seeds == (0, 2) and math.isnan(row.corrected_p)  # two seeds: no split-level test
 
 
 def test_p_values_match_scipy_on_hand_built_differences():
@@ -205,8 +203,9 @@ def test_p_values_match_scipy_on_hand_built_differences():
     (row,) = paired_comparison(recs, "roc_auc")
     diff = [x - y for x, y in zip(method, scratch)]
     assert row.n_pairs == 8 and row.note == ""
-    assert row.wilcoxon_p == pytest.approx(stats.wilcoxon(diff).pvalue)
-    assert row.ttest_p == pytest.approx(stats.ttest_rel(method, scratch).pvalue)
+    (seed_row,) = seed_comparisons(recs, "roc_auc")  # one repeat: a seed's value is its cell
+    assert seed_row.n_seeds == 8 and seed_row.holm_p == pytest.approx(seed_row.p)  # m = 1
+    assert seed_row.p == pytest.approx(stats.ttest_rel(method, scratch).pvalue)
     assert (row.wins, row.ties, row.losses) == (5, 1, 2)
     # 95% t-interval of the mean difference, restated: mean ± t(0.975, 7) s / sqrt(8)
     mean = sum(diff) / 8
@@ -216,27 +215,32 @@ def test_p_values_match_scipy_on_hand_built_differences():
     assert row.diff_ci_high == pytest.approx(mean + half)
 
 
-def test_gain_section_reads_the_paired_rows():
-    """The report opens with each method's gain over scratch, per mode and budget."""
-    from ssltk.bench.report import gain_markdown
+def test_gain_section_reads_the_seed_comparisons():
+    """The report opens with each method's improvement over random init, per mode and budget,
+    tested across seeds."""
+    from ssltk.bench.comparisons import gains
+    from ssltk.bench.tables import gain_markdown
 
     b, label = BUDGETS[1]
     method = [0.81, 0.78, 0.85, 0.80, 0.79, 0.83, 0.77, 0.84, 0.80, 0.82]
     scratch = [0.75, 0.79, 0.80, 0.80, 0.70, 0.81, 0.78, 0.76, 0.71, 0.72]
     recs = [make_record(m, "frozen", b, label, s, value=v)
             for s in range(10) for m, v in (("simclr", method[s]), ("scratch", scratch[s]))]
-    rows = paired_comparison(recs, "roc_auc")
-    text = gain_markdown(rows, "frozen")
+    text = gain_markdown(gains(recs, "roc_auc"), "frozen")
     diff = [x - y for x, y in zip(method, scratch)]
-    p = stats.wilcoxon(diff).pvalue
+    p = stats.ttest_rel(method, scratch).pvalue
+    mean, std, lo, hi = hand_mean_std_ci(diff)
     assert f"| method | {label} |" in text
-    assert (f"| simclr | {sum(diff) / 10:+.3f} [{rows[0].diff_ci_low:+.3f}, "
-            f"{rows[0].diff_ci_high:+.3f}] p={p:.3f} (7/2 of 10) |") in text
+    assert (f"| simclr | vs random init (frozen): {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+            f"p={p:.3f}, Holm {p:.3f} (the best baseline) |") in text
 
 
 def test_all_zero_differences_give_nan_with_a_note():
-    wilcoxon_p, ttest_p, note = paired_tests([0.7, 0.8, 0.9], [0.7, 0.8, 0.9])
-    assert math.isnan(wilcoxon_p) and math.isnan(ttest_p) and "zero" in note
+    b, label = BUDGETS[0]
+    recs = [make_record(m, "frozen", b, label, 0, r, value=v, split_hash=sha(r))
+            for r, v in enumerate([0.7, 0.8, 0.9]) for m in ("simclr", "scratch")]
+    (row,) = paired_comparison(recs, "roc_auc")
+    assert math.isnan(row.corrected_p) and "zero" in row.note
 
 
 def test_lower_is_better_direction_for_regression():
@@ -260,9 +264,9 @@ def test_write_report_tables_csv_and_figures(run_dir):
     assert "benchmarks/quickstart.toml" in text
     assert "### frozen finetuning" in text and "### full finetuning" in text
     assert "| method | 5/class | 20/class |" in text  # budgets in numeric order
-    assert "## balanced_accuracy" in text and "## Paired comparison with scratch" in text
-    assert text.index("## Gain over scratch") < text.index("## roc_auc")
-    assert "### frozen probe: gain over the random-init encoder" in text
+    assert "## balanced_accuracy" in text and "## Split-level detail (descriptive)" in text
+    assert text.index("## Gains across pretraining seeds") < text.index("## roc_auc")
+    assert "### frozen probe" in text and "seeds** (the unit of replication): 3" in text
     mean, std, lo, hi = hand_mean_std_ci([known_value("yaware", "full", "20/class", s)
                                           for s in SEEDS])
     assert f"**{mean:.3f} ± {std:.3f} [{lo:.2f}, {hi:.2f}]**" in text  # best of its column
@@ -301,14 +305,15 @@ def test_summary_table_bolds_best_per_column(run_dir):
     methods, cells = table.columns[1]._cells, table.columns[3]._cells
     bold = [m for m, c in zip(methods, cells) if c.startswith("[bold]")]
     assert bold == ["yaware", "yaware"]  # frozen and full
+    assert "random init (frozen)" in methods and "scratch" in methods  # frozen / full
     console = Console(record=True, width=150)
     console.print(table)
     assert "roc_auc (higher is better)" in console.export_text()
     simclr_frozen = cells[methods.index("simclr")]
-    (gain,) = [r for r in paired_comparison(load_results(run_dir), "roc_auc")
+    (gain,) = [r for r in seed_comparisons(load_results(run_dir), "roc_auc")
                if (r.method, r.mode, r.budget.label) == ("simclr", "frozen", "20/class")]
-    assert simclr_frozen.endswith(f"Δ {gain.mean_diff:+.3f} p={gain.wilcoxon_p:.3f}")
-    assert "Δ" not in cells[methods.index("scratch")]
+    assert simclr_frozen.endswith(f"RI {gain.improvement:+.3f} p_H={gain.holm_p:.3f}")
+    assert "RI" not in cells[methods.index("random init (frozen)")]
 
 
 def test_macro_roc_auc_is_mean_of_one_vs_rest_aucs():
@@ -348,7 +353,8 @@ def test_unit_interval_metrics_have_their_interval_clipped():
     from ssltk.bench.stats import aggregate as agg
 
     records = [{"method": "m", "mode": "frozen", "budget": {"kind": "fraction", "value": 1.0},
-                "budget_label": "100%", "metrics": {"roc_auc": v, "mae": v}} for v in (0.2, 0.95)]
+                "budget_label": "100%", "seed": seed, "metrics": {"roc_auc": v, "mae": v}}
+               for seed, v in enumerate((0.2, 0.95))]
     auc, = agg(records, "roc_auc")
     assert (auc.ci_low, auc.ci_high) == (0.0, 1.0)  # unclipped: -4.2 .. 5.3 (t(0.975, 1) = 12.7)
     mae, = agg(records, "mae")
