@@ -71,8 +71,8 @@ class MoCo(Objective):
     """MoCo v2 (He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive
     Learning", arXiv:2003.04297, 2020), with defaults for short runs: the head ends with a batch
     norm (MoCo v3, Chen, Xie, He, ICCV 2021), m = 0.99, K = 1024, and only real keys serve as
-    negatives (docs/methods/moco.md; the paper's setting: ``proj_output_norm = false,
-    momentum = 0.999, queue_size = 65536, queue_warm_start = false``).
+    negatives (docs/methods/moco.md; the paper's setting, ``preset = "paper"``: ``proj_output_norm =
+    false, momentum = 0.999, queue_size = 65536, queue_warm_start = false``).
 
     Queries come from the backbone + MLP head; keys from a momentum copy of both (no gradient),
     updated in :meth:`on_step_end`, i.e. after each optimiser step and so before the next

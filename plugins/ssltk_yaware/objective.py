@@ -70,8 +70,8 @@ class YAware(Objective):
     Two views per subject go through the backbone and a projection head (published: Linear(512),
     ReLU, Linear(128); ours by default adds BatchNorm1d(affine=False) on the output and uses
     tau = 0.5, because the published head collapses at small batch or wide sigma, see
-    docs/methods/yaware.md; ``proj_output_norm = false, temperature = 0.1`` is the published
-    setting); every pair of the 2N views is attracted in proportion to the kernel of
+    docs/methods/yaware.md; ``preset = "paper"``, i.e. ``proj_output_norm = false, temperature =
+    0.1``, is the published setting); every pair of the 2N views is attracted in proportion to the kernel of
     their subjects' meta-data. The kernel is the ``anchor`` given in the TOML, or an RBF of width
     ``sigma`` on ``column`` (age, sigma = 5 years) when none is. Under DDP the projections and
     the meta-data are gathered from every rank.
