@@ -122,6 +122,7 @@ def test_the_monitors_never_read_a_test_subjects_label(bench, monkeypatch):
         assert poisoned[key] == clean[key]
 
 
+@pytest.mark.numerics
 def test_the_probes_leave_one_subject_out():
     # Two rows per subject, identical embeddings within a subject, labels random across
     # subjects: leave-one-row-out k-NN would find each row's twin and score 1.0.
