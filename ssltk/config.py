@@ -156,6 +156,9 @@ class MonitorConfig(StrictModel):
     probes: bool = Field(default=True, description="In a benchmark: probe data.target when "
                                                    "`target` is unset (false: no probes).")
     labelled_size: int = Field(default=512, ge=4, description="Labelled rows for the probes.")
+    exclude_subjects: list[str] = Field(
+        default_factory=list, description="Subjects whose rows the probes never read. A "
+                                          "benchmark adds every test subject of every repeat.")
     proj_size: int = Field(default=128, ge=0, description="Rows (of the rank subset) on which "
                                                           "the objective's embeddings are measured; 0: "
                                                           "not measured.")

@@ -21,7 +21,19 @@ from torch import nn
 
 from ssltk.interfaces import ComponentConfig
 
-__all__ = ["ProjectionHeadConfig", "build_projection_head", "projection_head"]
+__all__ = ["OutputNorm", "ProjectionHeadConfig", "build_projection_head", "projection_head"]
+
+
+class OutputNorm(nn.BatchNorm1d):
+    """``BatchNorm1d(affine=False)`` ending a projection head (``proj_output_norm``).
+
+    Its own class so that the representation monitors can find it and measure the projection
+    *before* it: after it, every dimension has unit variance over the batch by construction, so
+    a collapse of the head cannot show there (docs/engine.md#representation-monitors).
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, affine=False)
 
 
 class ProjectionHeadConfig(ComponentConfig):
@@ -73,7 +85,7 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int 
         width = hidden_dim
     layers.append(nn.Linear(width, out_dim, bias=not output_norm))
     if output_norm:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(OutputNorm(out_dim))
     return nn.Sequential(*layers)
 
 

@@ -242,6 +242,11 @@ class Objective(nn.Module, ABC):
     @abstractmethod
     def forward(self, batch: Batch) -> ObjectiveOutput: ...
 
+    def view_pipeline(self, spatial_dims: int) -> list[dict[str, Any]] | None:
+        """The objective's own view pipeline for runs that give none (e.g. the augmentations
+        of its paper under ``preset = "paper"``); None: the engine's default pipeline."""
+        return None
+
     def on_step_end(self) -> None:
         """Called after each optimiser step (momentum encoder updates, queue bookkeeping)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,22 @@ from ssltk.distributed import (
 from ssltk.heads import ProjectionHeadConfig, build_projection_head
 from ssltk.interfaces import Batch, Objective, ObjectiveOutput
 from ssltk.losses import positive_top1
+from ssltk.presets import PresetConfig
 from ssltk_moco.loss import moco_logits
 
 
-class MoCoConfig(ProjectionHeadConfig):
+PAPER: dict[str, Any] = {
+    "proj_hidden_dim": 2048, "proj_dim": 128, "proj_layers": 2, "proj_batch_norm": False,
+    "proj_output_norm": False, "temperature": 0.2, "momentum": 0.999, "queue_size": 65536,
+    "queue_warm_start": False, "symmetric": False, "shuffle_bn": True,
+}
+"""MoCo v2's published setting (Chen, Fan, Girshick, He, arXiv:2003.04297, 2020): the MLP head
+2048 -> 128 without batch norm, tau = 0.2, m = 0.999, K = 65536 negatives starting as random
+unit vectors, one query per pair, shuffled BN. ``preset = "paper"``; docs/methods/moco.md."""
+
+
+class MoCoConfig(ProjectionHeadConfig, PresetConfig):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER}
     proj_hidden_dim: int | None = Field(
         default=2048, ge=1, description="Hidden width of the MLP head (2048 in MoCo v2).")
     temperature: float = Field(default=0.2, gt=0, description="InfoNCE temperature tau.")
@@ -58,8 +71,8 @@ class MoCo(Objective):
     """MoCo v2 (He et al., CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive
     Learning", arXiv:2003.04297, 2020), with defaults for short runs: the head ends with a batch
     norm (MoCo v3, Chen, Xie, He, ICCV 2021), m = 0.99, K = 1024, and only real keys serve as
-    negatives (docs/methods/moco.md; the paper's setting: ``proj_output_norm = false,
-    momentum = 0.999, queue_size = 65536, queue_warm_start = false``).
+    negatives (docs/methods/moco.md; the paper's setting, ``preset = "paper"``: ``proj_output_norm =
+    false, momentum = 0.999, queue_size = 65536, queue_warm_start = false``).
 
     Queries come from the backbone + MLP head; keys from a momentum copy of both (no gradient),
     updated in :meth:`on_step_end`, i.e. after each optimiser step and so before the next

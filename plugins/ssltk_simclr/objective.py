@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -9,10 +11,39 @@ from pydantic import Field
 from ssltk.distributed import gather_with_grad
 from ssltk.heads import ProjectionHeadConfig, build_projection_head
 from ssltk.interfaces import Batch, Objective, ObjectiveOutput
+from ssltk.presets import PresetConfig
 from ssltk_simclr.loss import nt_xent_logits, positive_top1
 
 
-class SimCLRConfig(ProjectionHeadConfig):
+PAPER: dict[str, Any] = {
+    "proj_hidden_dim": None, "proj_dim": 128, "proj_layers": 2, "proj_batch_norm": False,
+    "proj_output_norm": False, "temperature": 0.1, "augmentations": "paper",
+}
+"""SimCLR's published setting (Chen, Kornblith, Norouzi, Hinton, ICML 2020): the head
+Linear(out_dim) -> ReLU -> Linear(128), tau = 0.1 (its ImageNet runs) and its view
+augmentations, :func:`paper_views`. ``preset = "paper"``; docs/methods/simclr.md."""
+
+
+def paper_views(spatial_dims: int) -> list[dict[str, Any]]:
+    """SimCLR's augmentations (its appendix A) for grey 2D images and 3D volumes.
+
+    Random resized crop of 8-100 % of the area (aspect 3/4-4/3) always; a horizontal flip half
+    the time (2D: the width axis; 3D: left-right, axis 0); colour distortion 80 % of the time,
+    its grey-level analogue: brightness and contrast factors in [0.2, 1.8] (jitter strength
+    0.8; saturation, hue and grey-scale conversion have no grey-level counterpart); Gaussian
+    blur half the time with sigma in [0.1, 2.0] pixels.
+    """
+    return [
+        {"name": "random_resized_crop", "p": 1.0, "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3]},
+        {"name": "flip", "p": 0.5, "axes": [1 if spatial_dims == 2 else 0], "axis_p": 1.0},
+        {"name": "intensity", "p": 0.8, "scale": [0.2, 1.8], "shift": [0.0, 0.0]},
+        {"name": "contrast", "p": 0.8, "factor": [0.2, 1.8]},
+        {"name": "gaussian_blur", "p": 0.5, "sigma": [0.1, 2.0]},
+    ]
+
+
+class SimCLRConfig(ProjectionHeadConfig, PresetConfig):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER}
     proj_hidden_dim: int | None = Field(
         default=None, ge=1,
         description="Hidden width of the head; None uses the backbone's out_dim (the paper: "
@@ -20,6 +51,9 @@ class SimCLRConfig(ProjectionHeadConfig):
     temperature: float = Field(default=0.1, gt=0, description="NT-Xent temperature tau.")
     gather_distributed: bool = Field(
         default=True, description="Under torch.distributed, use every rank's views as negatives.")
+    augmentations: Literal["default", "paper"] = Field(
+        default="default", description="View pipeline when pretrain.augmentations is unset: "
+                                       "'default' (the engine's) or 'paper' (SimCLR's set).")
 
 
 class SimCLR(Objective):
@@ -42,6 +76,10 @@ class SimCLR(Objective):
     def __init__(self, config: SimCLRConfig, backbone, anchor=None, registry=None):
         super().__init__(config, backbone, anchor=anchor, registry=registry)
         self.head = build_projection_head(config, backbone.out_dim)
+
+    def view_pipeline(self, spatial_dims: int) -> list[dict[str, Any]] | None:
+        """SimCLR's own augmentations under ``augmentations = "paper"``, else the default."""
+        return paper_views(spatial_dims) if self.config.augmentations == "paper" else None
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial) -> (B, proj_dim)`` un-normalised projection."""

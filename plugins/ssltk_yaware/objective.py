@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,22 @@ from ssltk.errors import ConfigError
 from ssltk.heads import ProjectionHeadConfig, build_projection_head
 from ssltk.interfaces import Anchor, Batch, Objective, ObjectiveOutput
 from ssltk.losses import cosine_logits, positive_top1
+from ssltk.presets import PresetConfig
 from ssltk_yaware.loss import log_probs, rbf_kernel, weighted_nll, yaware_weights
 
 
-class YAwareConfig(ProjectionHeadConfig):
+PAPER: dict[str, Any] = {
+    "proj_hidden_dim": 512, "proj_dim": 128, "proj_layers": 2, "proj_batch_norm": False,
+    "proj_output_norm": False, "temperature": 0.1, "normalization": "published",
+    "column": "age", "sigma": 5.0,
+}
+"""y-Aware's published setting (Dufumier et al., MICCAI 2021, and the authors' code): the head
+Linear(512) -> ReLU -> Linear(128) without batch norm, tau = 0.1, an RBF kernel on age with
+sigma = 5 years, the code's row normalisation. ``preset = "paper"``; docs/methods/yaware.md."""
+
+
+class YAwareConfig(ProjectionHeadConfig, PresetConfig):
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER}
     proj_hidden_dim: int | None = Field(
         default=512, ge=1, description="Hidden width of the head (512 in the published code).")
     proj_output_norm: bool = Field(
@@ -58,8 +70,8 @@ class YAware(Objective):
     Two views per subject go through the backbone and a projection head (published: Linear(512),
     ReLU, Linear(128); ours by default adds BatchNorm1d(affine=False) on the output and uses
     tau = 0.5, because the published head collapses at small batch or wide sigma, see
-    docs/methods/yaware.md; ``proj_output_norm = false, temperature = 0.1`` is the published
-    setting); every pair of the 2N views is attracted in proportion to the kernel of
+    docs/methods/yaware.md; ``preset = "paper"``, i.e. ``proj_output_norm = false, temperature =
+    0.1``, is the published setting); every pair of the 2N views is attracted in proportion to the kernel of
     their subjects' meta-data. The kernel is the ``anchor`` given in the TOML, or an RBF of width
     ``sigma`` on ``column`` (age, sigma = 5 years) when none is. Under DDP the projections and
     the meta-data are gathered from every rank.

@@ -48,14 +48,18 @@ class Cohort:
             ConfigError: the budget needs more subjects than the pool has (naming
                 ``budget.source``).
         """
-        if self.in_test is None:
-            pool, val, test = stratified_split(self.strata, finetune.val_fraction,
-                                               finetune.test_fraction, seed, repeat)
-        else:
-            pool, val, test = self._predefined(finetune.val_fraction, seed, repeat)
+        pool, val, test = self.sides(finetune, seed, repeat)
         train = draw_budget(self.labels, pool, budget.kind, budget.value, budget.source,
                             self.classes or None)
         return Split(self, train, val, test, pool=np.sort(pool))
+
+    def sides(self, finetune: FinetuneConfig, seed: int,
+              repeat: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pool, val, test) of the (seed, repeat) draw: the same for every budget."""
+        if self.in_test is None:
+            return stratified_split(self.strata, finetune.val_fraction, finetune.test_fraction,
+                                    seed, repeat)
+        return self._predefined(finetune.val_fraction, seed, repeat)
 
     def _predefined(self, val_fraction: float, seed: int,
                     repeat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,6 +97,21 @@ class Split:
         """Stable id of the split (what the report pairs methods on)."""
         return split_hash(self.cohort.subjects, self.train, self.val, self.test,
                           salt=self.cohort.test_from)
+
+
+def all_test_subjects(config: BenchmarkConfig, cohort: Cohort | None = None) -> set[str]:
+    """Subjects that are a test subject in any (seed, repeat) split of the grid: what every step
+    before a cell's test (the pretraining monitors' probes) must never read.
+
+    Args:
+        cohort: the labelled cohort (default: read from ``data.finetune_store``).
+    """
+    cohort = cohort if cohort is not None else load_cohort(config)
+    out: set[str] = set()
+    for seed in config.seeds:
+        for repeat in range(config.finetune.repeats):
+            out.update(cohort.subjects[cohort.sides(config.finetune, seed, repeat)[2]].tolist())
+    return out
 
 
 def load_cohort(config: BenchmarkConfig) -> Cohort:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssltk.bench.cohort import Cohort, Split, load_cohort
+from ssltk.bench.cohort import Cohort, Split, all_test_subjects, load_cohort
 from ssltk.bench.external import ExternalJob, external_jobs
 from ssltk.bench.stats import SCRATCH
 from ssltk.budgets import Budget
@@ -152,11 +152,13 @@ def method_labels(config: BenchmarkConfig) -> list[str]:
     return labels
 
 
-def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None) -> list[PretrainJob]:
+def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None,
+                  held_out: set[str] = frozenset()) -> list[PretrainJob]:
     """Distinct (objective, pretraining store, augmentation set, seed) combinations.
 
     Args:
         seeds: the seeds to enumerate (default: ``config.seeds``).
+        held_out: subjects the monitors' probes must not read (the grid's test subjects).
     """
     stores = config.data.pretrain_stores()
     aug_sets = augmentation_sets(config)
@@ -172,8 +174,23 @@ def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None) -> li
                 for seed in config.seeds if seeds is None else seeds:
                     run = pretrain_run(config, objective, store=store, augmentations=augs,
                                        seed=seed)
-                    jobs.append(PretrainJob(method, run, aug_label))
+                    jobs.append(PretrainJob(method, _hold_out(run, held_out), aug_label))
     return jobs
+
+
+def _hold_out(run: PretrainRun, subjects: set[str]) -> PretrainRun:
+    """``run`` whose monitors also leave out ``subjects`` (not part of its content hash)."""
+    if not subjects:
+        return run
+    monitor = run.monitor.model_copy(update={"exclude_subjects": sorted(
+        set(run.monitor.exclude_subjects) | set(subjects))})
+    return run.model_copy(update={"monitor": monitor})
+
+
+def monitor_held_out(config: BenchmarkConfig, cohort: Cohort | None = None) -> set[str]:
+    """The grid's test subjects when the monitors probe labels (else none: no store read)."""
+    m = config.pretrain.monitor
+    return all_test_subjects(config, cohort) if m.enabled and m.target else set()
 
 
 def grid_external_jobs(config: BenchmarkConfig) -> list[ExternalJob]:
@@ -190,7 +207,8 @@ def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | 
     Raises:
         ConfigError: ``objective`` is not in ``pretrain.objectives`` (named as ``source``).
     """
-    jobs = pretrain_jobs(config, seeds=[config.seeds[0] if seed is None else seed])
+    jobs = pretrain_jobs(config, seeds=[config.seeds[0] if seed is None else seed],
+                         held_out=monitor_held_out(config))
     for job in jobs:
         if objective is None or job.run.objective.name == objective:
             return job
@@ -245,7 +263,8 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
         cohort: the labelled cohort to split (default: read from ``data.finetune_store``).
     """
     cohort = cohort if cohort is not None else load_cohort(config)
-    grid = Grid(config, pretrain_jobs(config), external_jobs=grid_external_jobs(config))
+    grid = Grid(config, pretrain_jobs(config, held_out=monitor_held_out(config, cohort)),
+                external_jobs=grid_external_jobs(config))
     splits: dict[tuple, Split] = {}
     all_axes = cell_axes(config, grid.jobs)
     check_distill_methods(config, all_axes)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssltk.bench.stats import method_sort_key
-from ssltk.engine.monitor import COLLAPSE_RANK, COLLAPSE_STD, diagnose, monitor_series
+from ssltk.engine.monitor import (COLLAPSE_DROP, COLLAPSE_RANK, COLLAPSE_STD, diagnose,
+                                  monitor_series)
 
 _DASH = "–"
 
@@ -102,17 +103,19 @@ def monitor_markdown(runs: list[MonitoredRun]) -> list[str]:
         (_, first), (epochs, last) = run.series[0], run.series[-1]
         warns = run.warnings()
         status = "ok" if not warns else ", ".join(_status(w) for w in warns)
+        spread = "head" if "head_std" in last else "proj"  # before the head's output norm
         lines.append(f"| {run.label} | {epochs} | {_pair(first, last, 'rank', 1)} "
-                     f"| {_pair(first, last, 'proj_std', 2, 'proj_std_ref')} "
+                     f"| {_pair(first, last, f'{spread}_std', 2, f'{spread}_std_ref')} "
                      f"| {_pair(first, last, 'knn_auc', 3)} | {_pair(first, last, 'linear_auc', 3)} "
                      f"| {status} |")
     warnings = [w for run in runs for w in run.warnings()]
     lines += ["", f"Effective rank: RankMe of the backbone's representation. std · √d of the "
-                  "objective's (projection) embeddings, as the loss sees them: 1 for isotropic "
-                  f"features, 0 for complete collapse. Collapsed: effective rank below "
-                  f"{COLLAPSE_RANK:g}, or std · √d below {COLLAPSE_STD:g}. Inputs constant: "
-                  f"the random-init encoder already gives every sample the same features "
-                  f"(check the store with 'ssltk store verify')."]
+                  "objective's projection before any output batch norm of its head (after it, "
+                  "std · √d is 1 by construction): 1 for isotropic features, 0 for complete "
+                  f"collapse. Collapsed: effective rank below {COLLAPSE_RANK:g}, or std · √d "
+                  f"below {COLLAPSE_STD:g} and below {COLLAPSE_DROP:g} x its random-init "
+                  "value. Inputs constant: the random-init encoder already gives every sample "
+                  "the same features (check the store with 'ssltk store verify')."]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
     return lines

@@ -15,15 +15,24 @@ mode and without augmentation, on a fixed subset of the pretraining store: befor
   objective in eval mode: where a contrastive loss collapses first (y-Aware at the quickstart's
   scale: the projections collapse while the backbone's rank keeps rising, see
   docs/methods/yaware.md). Absent for objectives without embeddings (Genesis) and under DDP.
+* ``head_std`` – the same spread of the projection *before* the head's output batch norm
+  (:class:`~ssltk.heads.OutputNorm`; the projection itself for heads without one). After that
+  norm every dimension has unit variance over the batch, so ``proj_std * sqrt(D)`` is about 1
+  however collapsed the head is; before it, a collapse shows. The collapse alarm reads this.
 * ``embed_std`` – mean over dimensions of the std over samples of the L2-normalised embeddings;
   ``embed_std_ref = 1/sqrt(D)`` is its value for isotropic (non-collapsed) features, 0 is
   complete collapse (Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021).
 * ``knn_auc`` / ``knn_acc`` (with a target column) – weighted k-NN (Wu et al. 2018; the DINO and
   solo-learn protocol): cosine similarity, the ``k`` = 20 nearest labelled samples vote with
-  weight ``exp(cos / 0.07)``, leave-one-out over the labelled subset; class scores are the
-  normalised votes. ROC-AUC (macro one-vs-rest for >2 classes) and accuracy.
+  weight ``exp(cos / 0.07)``, leave one *subject* out over the labelled subset (a row's other
+  sessions never vote for it); class scores are the normalised votes. ROC-AUC (macro
+  one-vs-rest for >2 classes) and accuracy.
 * ``linear_auc`` / ``linear_acc`` – logistic regression on standardised embeddings, stratified
-  ``folds``-fold cross-validation (out-of-fold predictions), fixed ``C``.
+  ``folds``-fold cross-validation grouped by subject (out-of-fold predictions), fixed ``C``.
+
+The labelled subset never holds a subject of ``exclude_subjects``: a benchmark puts there every
+subject that is a test subject in any (seed, repeat) of its grid, so no label of a test subject
+is read before the test (docs/engine.md#representation-monitors).
 
 :func:`diagnose` turns a history into warnings: a collapsed run (final ``rank`` below
 :data:`COLLAPSE_RANK`) or one whose final probe is below its own random-init probe; when the
@@ -32,6 +41,7 @@ random-init encoder is already collapsed, the one warning says the inputs look c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -57,9 +67,15 @@ COLLAPSE_RANK = 2.0
 """A run whose final effective rank is below this has collapsed: its representation of every
 sample lies (almost) along one direction. See docs/engine.md#representation-monitors."""
 COLLAPSE_STD = 0.25
-"""A run whose objective embeddings' ``proj_std * sqrt(proj_dim)`` ends below this has collapsed
-into a narrow cone (mean pairwise cosine near 1): the loss no longer separates samples. RankMe,
-being scale-invariant, misses this kind of collapse. See docs/engine.md#representation-monitors."""
+"""A run whose objective's projection (before any output batch norm) ends with ``std * sqrt(d)``
+below this, and below :data:`COLLAPSE_DROP` times its value at random init, has collapsed into a
+narrow cone (mean pairwise cosine near 1): the loss no longer separates samples. RankMe, being
+scale-invariant, misses this kind of collapse. See docs/engine.md#representation-monitors."""
+COLLAPSE_DROP = 0.25
+"""The fraction of its random-init spread below which the projection's spread counts as
+collapsed: a random-init head may already sit in a cone (a projection ending with a batch norm
+starts near 0.13 before the norm), and healthy training narrowed it to about half of that in
+the tests; the forced collapses of tests/engine/test_collapse.py fall below a tenth."""
 CONSTANT_INPUT_STD = 1e-3
 """A random-init encoder whose embeddings' ``embed_std * sqrt(dim)`` is below this, with an
 effective rank below :data:`COLLAPSE_RANK`, gives every monitored sample the same features:
@@ -95,20 +111,24 @@ def normalised_std(z) -> float:
     return float(zn.std(axis=0).mean())
 
 
-def knn_scores(z, labels, n_classes: int, k: int = 20, temperature: float = 0.07) -> np.ndarray:
-    """Leave-one-out weighted k-NN class scores ``(N, n_classes)``, rows summing to 1.
+def knn_scores(z, labels, n_classes: int, k: int = 20, temperature: float = 0.07,
+               groups=None) -> np.ndarray:
+    """Leave-one-group-out weighted k-NN class scores ``(N, n_classes)``, rows summing to 1.
 
-    Each sample's ``k`` most cosine-similar *other* samples vote for their class with weight
+    Each sample's ``k`` most cosine-similar samples of *other* groups (``groups`` ``(N,)``,
+    e.g. subject ids; default: every row its own group) vote for their class with weight
     ``exp(cos / temperature)`` (DINO's and solo-learn's weighted k-NN); ties in similarity are
     broken by row order, so the result is deterministic.
     """
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     zn = np.divide(z, norms, out=np.zeros_like(z), where=norms > 0)
     sim = zn @ zn.T  # (N, N)
-    np.fill_diagonal(sim, -np.inf)  # leave one out
-    k = max(1, min(k, len(y) - 1))
+    same = g[:, None] == g[None, :]  # (N, N): the row itself and its subject's other rows
+    sim[same] = -np.inf  # leave one group out
+    k = max(1, min(k, int((~same).sum(axis=1).min())))
     nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (N, k)
     top = np.take_along_axis(sim, nearest, axis=1)
     weights = np.exp((top - 1.0) / temperature)  # shifted by the max cosine: no overflow
@@ -118,21 +138,24 @@ def knn_scores(z, labels, n_classes: int, k: int = 20, temperature: float = 0.07
 
 
 def linear_probe_scores(z, labels, n_classes: int, c: float = 0.1, folds: int = 5,
-                        seed: int = 0) -> np.ndarray:
+                        seed: int = 0, groups=None) -> np.ndarray:
     """Out-of-fold class probabilities ``(N, n_classes)`` of a logistic-regression probe.
 
     Standardised features, L2-regularised logistic regression with inverse strength ``c``,
-    stratified ``folds``-fold cross-validation with a fixed shuffle (``seed``).
+    stratified ``folds``-fold cross-validation with a fixed shuffle (``seed``), grouped by
+    ``groups`` ``(N,)`` (subject ids: a subject's rows share a fold; default: one row each).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     z = np.asarray(z, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
     out = np.zeros((len(y), n_classes))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(z, y):
+    cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    for train, test in cv.split(z, y, g):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
         model.fit(z[train], y[train])
         out[np.ix_(test, model.classes_)] = model.predict_proba(z[test])
@@ -154,8 +177,18 @@ def fixed_subset(rows, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
 
 
+def subjects_per_class(labels, subjects, n_classes: int) -> np.ndarray:
+    """``(n_classes,)`` distinct subjects having a row of each class."""
+    pairs = set(zip(np.asarray(labels).tolist(), np.asarray(subjects).tolist()))
+    return np.bincount([label for label, _ in pairs], minlength=n_classes)
+
+
 class _Labelled:
-    """The labelled monitor subset: a store, its rows and their class indices."""
+    """The labelled monitor subset: a store, its rows, their class indices and subjects.
+
+    Rows of the subjects in ``config.exclude_subjects`` are dropped before anything else is
+    read of them (their labels included).
+    """
 
     def __init__(self, config: MonitorConfig, default_store: Path):
         from ssltk.data.loading import BatchReader
@@ -163,19 +196,46 @@ class _Labelled:
 
         path = Path(config.store or default_store)
         store = VolumeStore.open(path)
+        subjects = np.asarray(store.meta["subject_id"]).astype(str)
+        allowed = np.flatnonzero(~np.isin(subjects, list(config.exclude_subjects)))
         targets = load_targets(store, config.target, "classification", config.classes,
                                source=f"pretrain.monitor: {path}")
-        self.rows = fixed_subset(targets.labelled_rows(), config.labelled_size)
+        labelled = allowed[np.isin(allowed, targets.labelled_rows())]
+        self.rows = fixed_subset(labelled, config.labelled_size)
+        self.subjects = subjects[self.rows]
         self.labels = targets.values(self.rows)
         self.n_classes = targets.n_classes
-        counts = np.bincount(self.labels, minlength=self.n_classes)
+        counts = subjects_per_class(self.labels, self.subjects, self.n_classes)
         self.folds = int(min(config.folds, counts.min()))
-        if self.folds < 2:
-            raise SsltkError(f"pretrain.monitor.target: the labelled monitor subset of {path} has "
-                             f"{counts.min()} sample(s) of a class; raise labelled_size or drop "
-                             "the target")
         self.reader = BatchReader(store)
         self.path = path
+        if self.folds < 2:
+            excluded = len(set(config.exclude_subjects) & set(subjects.tolist()))
+            raise _TooFewLabelled(
+                f"pretrain.monitor.target: the labelled monitor subset of {path} has "
+                f"{counts.min()} subject(s) of a class ({excluded} test subject(s) left out); "
+                "raise labelled_size, declare a labelled store of other subjects as "
+                "pretrain.monitor.store, or drop the target", excluded)
+
+
+class _TooFewLabelled(SsltkError):
+    """The labelled subset cannot be cross-validated; ``excluded`` test subjects were left out."""
+
+    def __init__(self, message: str, excluded: int):
+        super().__init__(message)
+        self.excluded = excluded
+
+
+def _labelled_subset(config: MonitorConfig, default_store: Path) -> _Labelled | None:
+    """The labelled subset, or None (with a warning) when leaving out the test subjects left
+    too few to cross-validate: the probes are then off, the rest of the monitors still run."""
+    try:
+        return _Labelled(config, default_store)
+    except _TooFewLabelled as exc:
+        if not exc.excluded:
+            raise
+        log.warning("monitor: probes off. %s", exc)
+        return None
 
 
 class Monitor:
@@ -193,7 +253,7 @@ class Monitor:
         from ssltk.data.loading import BatchReader
 
         self.config, self.device, self.precision = config, device, precision
-        self.labelled = _Labelled(config, Path(store.path)) if config.target else None
+        self.labelled = _labelled_subset(config, Path(store.path)) if config.target else None
         same_store = self.labelled is not None and self.labelled.path.resolve() == \
             Path(store.path).resolve()
         # One embedding pass when the labelled subset is drawn from the pretraining store.
@@ -212,8 +272,10 @@ class Monitor:
         backbone.train(was_training)
         return z
 
-    def _project(self, objective) -> np.ndarray | None:
-        """First-view embeddings ``(N, D)`` of the objective on the rank subset, or None.
+    def _project(self, objective) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """First-view embeddings ``(N, D)`` of the objective on the rank subset and, when its
+        head ends with an :class:`~ssltk.heads.OutputNorm`, that norm's input ``(N, D)``; or
+        None.
 
         As the loss sees them: both views are the un-augmented images and the objective runs
         in train mode (batch-norm batch statistics; in eval mode a random-init network maps
@@ -235,9 +297,9 @@ class Monitor:
         buffers = {k: v.clone() for k, v in objective.named_buffers()}
         rng, was_training = torch.get_rng_state(), objective.training
         objective.train()
-        out = []
+        out, pre = [], []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _first_output_norm_input(objective) as seen:
                 n_batches = -(-len(rows) // self.config.batch_size)
                 for i, part in enumerate(np.array_split(rows, n_batches)):
                     x, meta = reader.read(part)
@@ -246,11 +308,13 @@ class Monitor:
                     batch = Batch(views=[x] * objective.n_views, meta=meta,
                                   generator=torch.Generator().manual_seed(i),
                                   original=x if objective.needs_original else None)
+                    seen.clear()
                     emb = objective(batch).embeddings
                     if emb is None:
                         self.projections = False
                         return None
                     out.append(emb[0].float().cpu().numpy())
+                    pre += seen[:1]
         except Exception as exc:  # a monitor must never stop a run
             log.warning("monitor: the objective's embeddings are unavailable on the monitor "
                         "subset (%s); proj_* are not measured", exc)
@@ -261,7 +325,7 @@ class Monitor:
             torch.set_rng_state(rng)
             for k, v in objective.named_buffers():
                 v.copy_(buffers[k])
-        return np.concatenate(out)
+        return np.concatenate(out), (np.concatenate(pre) if len(pre) == len(out) else None)
 
     def measure(self, objective) -> dict[str, float]:
         """Every monitor of ``objective`` now: rank, std, probes when labelled, proj_rank."""
@@ -274,14 +338,19 @@ class Monitor:
         z = z_lab if self.rows is None else self._embed(backbone, self.reader, self.rows)
         out.update(rank=effective_rank(z), embed_std=normalised_std(z),
                    embed_std_ref=1.0 / math.sqrt(z.shape[1]), n=int(len(z)), dim=int(z.shape[1]))
-        proj = self._project(objective)
-        if proj is not None:
+        projected = self._project(objective)
+        if projected is not None:
+            proj, pre = projected
+            head = proj if pre is None else pre
             out.update(proj_rank=effective_rank(proj), proj_std=normalised_std(proj),
-                       proj_std_ref=1.0 / math.sqrt(proj.shape[1]), proj_dim=int(proj.shape[1]))
+                       proj_std_ref=1.0 / math.sqrt(proj.shape[1]), proj_dim=int(proj.shape[1]),
+                       head_std=normalised_std(head), head_std_ref=1.0 / math.sqrt(head.shape[1]))
         if self.labelled is not None:
             lab, c = self.labelled, self.config
-            knn = knn_scores(z_lab, lab.labels, lab.n_classes, c.knn_k, c.knn_temperature)
-            lin = linear_probe_scores(z_lab, lab.labels, lab.n_classes, c.probe_c, lab.folds)
+            knn = knn_scores(z_lab, lab.labels, lab.n_classes, c.knn_k, c.knn_temperature,
+                             groups=lab.subjects)
+            lin = linear_probe_scores(z_lab, lab.labels, lab.n_classes, c.probe_c, lab.folds,
+                                      groups=lab.subjects)
             out["knn_auc"], out["knn_acc"] = probe_metrics(knn, lab.labels)
             out["linear_auc"], out["linear_acc"] = probe_metrics(lin, lab.labels)
             out["n_labelled"] = int(len(z_lab))
@@ -316,6 +385,27 @@ class Monitor:
         return warnings
 
 
+@contextlib.contextmanager
+def _first_output_norm_input(objective):
+    """A list that collects the input ``(B, D)`` of every :class:`~ssltk.heads.OutputNorm` of
+    ``objective`` as it runs, in call order: its first entry after a forward pass is the first
+    view's projection before the norm (each objective projects its first view first)."""
+    from ssltk.heads import OutputNorm
+
+    seen: list[np.ndarray] = []
+
+    def record(module, args):
+        seen.append(args[0].detach().float().cpu().numpy())
+
+    hooks = [m.register_forward_pre_hook(record) for m in objective.modules()
+             if isinstance(m, OutputNorm)]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 class _Off:
     """The monitor when it is disabled (or on a non-main rank): does nothing."""
 
@@ -345,8 +435,9 @@ def monitor_series(history: list[dict]) -> list[tuple[int, dict]]:
 
 
 def _std_ratio(m: dict, prefix: str = "") -> float:
-    """``std * sqrt(d)`` of the backbone's (``prefix=""``) or the objective's (``"proj"``)
-    embeddings: 1 for isotropic features, 0 for complete collapse; inf when not measured."""
+    """``std * sqrt(d)`` of the backbone's (``prefix=""``) or the objective's (``"proj"``, or
+    ``"head"`` before its output norm) embeddings: 1 for isotropic features, 0 for complete
+    collapse; inf when not measured."""
     std, ref = m.get(f"{prefix}_std" if prefix else "embed_std"), \
         m.get(f"{prefix}_std_ref" if prefix else "embed_std_ref")
     return std / ref if std is not None and ref else math.inf
@@ -360,14 +451,32 @@ def inputs_look_constant(m: dict) -> bool:
             and _std_ratio(m) < CONSTANT_INPUT_STD)
 
 
+def _collapse(first: dict, last: dict) -> list[str]:
+    """What collapsed between the random-init measures ``first`` and the last ones ``last``."""
+    out = []
+    if last.get("rank", math.inf) < min(COLLAPSE_RANK, first.get("rank", math.inf)):
+        out.append(f"effective rank {last['rank']:.2f} < {COLLAPSE_RANK:g} (of "
+                   f"{last.get('dim')} dims; {first.get('rank', math.nan):.1f} at random init)")
+    if last.get("proj_rank", math.inf) < min(COLLAPSE_RANK, first.get("proj_rank", math.inf)):
+        out.append(f"effective rank of the objective's embeddings {last['proj_rank']:.2f} "
+                   f"< {COLLAPSE_RANK:g}")
+    key = "head" if "head_std" in last else "proj"  # histories written before head_std
+    spread, start = _std_ratio(last, key), _std_ratio(first, key)
+    if spread < min(COLLAPSE_STD, COLLAPSE_DROP * start):
+        where = " before its output norm" if key == "head" else ""
+        out.append(f"objective's embeddings{where} in a narrow cone: std·√d {spread:.3f} < "
+                   f"{COLLAPSE_STD:g} and < {COLLAPSE_DROP:g} x {start:.2f} at random init")
+    return out
+
+
 def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
     """Warnings about a run's history: collapse, or a final probe below the random-init one.
 
     * collapsed: the last measured ``rank`` (backbone) or ``proj_rank`` (objective's
-      embeddings) is below :data:`COLLAPSE_RANK`, or the objective's embeddings'
-      ``proj_std * sqrt(proj_dim)`` is below :data:`COLLAPSE_STD`, and in each case below its
-      value at random init (a tiny network can start in a cone; only falling into one is a
-      collapse);
+      embeddings) is below :data:`COLLAPSE_RANK` and below its value at random init (a tiny
+      network can start low; only falling is a collapse), or the projection's spread before
+      any output norm, ``head_std * sqrt(d)``, is below :data:`COLLAPSE_STD` and below
+      :data:`COLLAPSE_DROP` times its value at random init;
     * not learning: the last ``linear_auc`` (else ``knn_auc``) is below the random-init one;
     * constant inputs, instead of both: the random-init encoder is already collapsed
       (:func:`inputs_look_constant`), so no objective is to blame.
@@ -382,17 +491,7 @@ def diagnose(history: list[dict], label: str = "pretraining") -> list[str]:
                 f"first step): every monitored sample gives the same features, so the inputs "
                 f"look constant; check the store ('ssltk store verify') and the ingest's "
                 f"--normalize, not the objective"]
-    warnings, collapse = [], []
-    if last.get("rank", math.inf) < min(COLLAPSE_RANK, first.get("rank", math.inf)):
-        collapse.append(f"effective rank {last['rank']:.2f} < {COLLAPSE_RANK:g} (of "
-                        f"{last.get('dim')} dims; {first.get('rank', math.nan):.1f} at random init)")
-    if last.get("proj_rank", math.inf) < min(COLLAPSE_RANK, first.get("proj_rank", math.inf)):
-        collapse.append(f"effective rank of the objective's embeddings {last['proj_rank']:.2f} "
-                        f"< {COLLAPSE_RANK:g}")
-    spread = _std_ratio(last, "proj")
-    if spread < min(COLLAPSE_STD, _std_ratio(first, "proj")):
-        collapse.append(f"objective's embeddings in a narrow cone: std·√d {spread:.3f} < "
-                        f"{COLLAPSE_STD:g} ({_std_ratio(first, 'proj'):.2f} at random init)")
+    warnings, collapse = [], _collapse(first, last)
     if collapse:
         warnings.append(f"{label} collapsed after {e1} epoch(s): " + "; ".join(collapse))
     if e0 == 0 and e1 > 0:

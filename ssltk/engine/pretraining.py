@@ -91,8 +91,15 @@ def build_objective(run: PretrainRun, store: VolumeStore, registry: Registry) ->
     return registry.build("objectives", run.objective, "objective", backbone=backbone)
 
 
-def make_pipeline(run: PretrainRun, registry: Registry, spatial_dims: int = 3) -> Pipeline:
-    specs = default_pipeline(spatial_dims) if run.augmentations is None else run.augmentations
+def make_pipeline(run: PretrainRun, registry: Registry, spatial_dims: int = 3,
+                  objective: Objective | None = None) -> Pipeline:
+    """The run's view pipeline: its ``augmentations``, else the objective's own (a preset's),
+    else :func:`~ssltk.augment.default_pipeline`."""
+    specs = run.augmentations
+    if specs is None and objective is not None:
+        specs = objective.view_pipeline(spatial_dims)
+    if specs is None:
+        specs = default_pipeline(spatial_dims)
     return Pipeline.from_specs(registry, specs, path="augmentations")
 
 
@@ -166,7 +173,7 @@ class _Trainer:
         if run.channels_last:
             self.objective = self.objective.to(memory_format=runtime.channels_last(self.store))
         self.reader = BatchReader(self.store, self.objective.required_columns())
-        self.pipeline = make_pipeline(run, registry, self.store.spatial_dims)
+        self.pipeline = make_pipeline(run, registry, self.store.spatial_dims, self.objective)
         self.rows = np.arange(len(self.store)) if run.rows is None else np.asarray(run.rows)
         self.steps_per_epoch = len(self.rows) // run.batch_size
         if self.steps_per_epoch == 0:

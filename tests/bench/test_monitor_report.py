@@ -79,7 +79,7 @@ def test_report_has_the_monitor_table_figure_and_warnings(tmp_path, caplog):
     yaware_row = next(line for line in text.splitlines() if line.startswith("| yaware (seed 1)"))
     assert "**collapsed**" in yaware_row and "**below random init**" in yaware_row
     assert "yaware (seed 0) collapsed after 2 epoch(s): effective rank 1.02 < 2" in caplog.text
-    assert "narrow cone: std·√d 0.100 < 0.25 (0.70 at random init)" in caplog.text
+    assert "narrow cone: std·√d 0.100 < 0.25 and < 0.25 x 0.70 at random init" in caplog.text
     assert "yaware (seed 1) did not learn: linear-probe ROC-AUC 0.600" in caplog.text
     assert "simclr" not in caplog.text
 

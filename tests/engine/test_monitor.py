@@ -106,7 +106,7 @@ def test_a_collapse_into_a_narrow_cone_is_named_even_at_a_high_effective_rank():
     history = [{"epoch": -1, "monitor": {**monitor, "proj_std": 0.1}},
                {"epoch": 0, "monitor": monitor}]
     (warning,) = diagnose(history)
-    assert "narrow cone" in warning and f"{spread:.3f}" in warning and "0.80 at random" in warning
+    assert "narrow cone" in warning and f"{spread:.3f}" in warning and "0.25 x 0.80 at random" in warning
 
 
 def test_diagnose_names_collapse_and_runs_that_end_below_random_init():
