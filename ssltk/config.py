@@ -119,6 +119,11 @@ class DataConfig(TargetSettings):
     ingest_hints: dict[Literal["pretrain", "finetune"], str] = Field(
         default_factory=dict, description="The command that builds a missing store, shown in "
                                           "the error (e.g. an `ssltk ingest nifti ...` line).")
+    missing: Literal["error", "drop"] = Field(
+        default="error", description="A row missing a value that a pretraining objective or "
+                                     "anchor, or finetune.stratify_site, needs: 'error' stops "
+                                     "before any work (naming the column and count); 'drop' "
+                                     "leaves the row out and counts it (RUN_DIR/metadata.json).")
 
     def pretrain_stores(self) -> list[Path]:
         """``pretrain_store`` as a list (one store, or the grid axis)."""
@@ -216,7 +221,17 @@ class PretrainSettings(StrictModel):
 
 
 class PretrainConfig(PretrainSettings):
-    objectives: list[ObjectiveSpec] = Field(min_length=1, description="A grid axis.")
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=list, description="A grid axis (may be empty when [[pretrain.external]] "
+                                          "gives the encoders).")
+    exclude_test: bool = Field(
+        default=False, description="Pretrain on each store minus every subject that is a "
+                                   "finetuning test subject in any seed and repeat (no label "
+                                   "leakage through an anchor or supervised head).")
+    cache_dir: Path | None = Field(
+        default=None, description="Folder of finished pretrainings, one sub-folder per content "
+                                  "hash, shared by every benchmark that names it (default: "
+                                  "OUTPUT_DIR/.pretrain-cache).")
     augmentations: list[ComponentSpec] | None = Field(
         default=None, description="Pipeline applied to make each view, in order; "
                                   "None uses ssltk.augment.default_pipeline (DEFAULT_PIPELINE "
@@ -368,6 +383,24 @@ class BenchmarkConfig(StrictModel):
             raise ValueError("report.gradcam needs saved models: set finetune.save_models = "
                              "\"best\" (or \"all\")")
         return self
+
+    @model_validator(mode="after")
+    def _some_encoder(self) -> BenchmarkConfig:
+        if not self.pretrain.objectives and not self.pretrain.external:
+            raise ValueError("pretrain.objectives: give at least one objective or a "
+                             "[[pretrain.external]] encoder")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_fit_task(self) -> BenchmarkConfig:
+        if self.data.task == "regression" and self.finetune.n_per_class:
+            raise ValueError("finetune.n_per_class: a regression target has no classes; use "
+                             "finetune.n_total or finetune.label_fractions")
+        return self
+
+    def pretrain_cache(self) -> Path:
+        """Where finished pretrainings are kept, by content hash (``pretrain.cache_dir``)."""
+        return self.pretrain.cache_dir or self.output_dir / ".pretrain-cache"
 
     @model_validator(mode="after")
     def _distill_fits(self) -> BenchmarkConfig:

@@ -139,9 +139,18 @@ class Anchor(ABC):
     def __init__(self, config: ComponentConfig):
         self.config = config
 
+    accepts_missing_with: ClassVar[str | None] = None
+    """The setting that lets the anchor accept missing values (``'missing = "neutral"'``), named
+    in the error about a column with missing values; None: it has none."""
+
     @property
     @abstractmethod
     def columns(self) -> tuple[str, ...]: ...
+
+    @property
+    def complete_columns(self) -> tuple[str, ...]:
+        """The columns of ``columns`` in which a missing value is an error (default: all)."""
+        return self.columns
 
     @abstractmethod
     def __call__(self, meta: dict[str, Tensor]) -> Tensor: ...
@@ -230,6 +239,11 @@ class Objective(nn.Module, ABC):
     def required_columns(self) -> tuple[str, ...]:
         """Metadata columns each batch must carry (anchors' and supervised heads' columns)."""
         return ()
+
+    def complete_columns(self) -> tuple[str, ...]:
+        """The columns of :meth:`required_columns` in which a missing value is an error (the
+        benchmark drops or refuses such rows before training); default: all of them."""
+        return self.required_columns()
 
     @classmethod
     def check_nested(cls, config: ComponentConfig, registry: Any, path: str) -> None:

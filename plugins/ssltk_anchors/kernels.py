@@ -57,6 +57,7 @@ class RBFAnchor(Anchor):
     """
 
     name = "rbf"
+    accepts_missing_with = 'missing = "neutral"'
 
     class Config(ComponentConfig):
         model_config = ConfigDict(json_schema_extra={"examples": [
@@ -79,6 +80,10 @@ class RBFAnchor(Anchor):
     def columns(self) -> tuple[str, ...]:
         return tuple(self.config.columns)
 
+    @property
+    def complete_columns(self) -> tuple[str, ...]:
+        return () if self.config.missing == "neutral" else self.columns
+
     def sigmas(self) -> list[float]:
         sigma = self.config.sigma
         return list(sigma) if isinstance(sigma, list) else [sigma] * len(self.columns)
@@ -98,6 +103,7 @@ class CategoricalAnchor(Anchor):
     """``k(a, b) = 1`` if the codes are equal, else ``off_value`` (one categorical column)."""
 
     name = "categorical"
+    accepts_missing_with = 'missing = "neutral"'
 
     class Config(ComponentConfig):
         model_config = ConfigDict(json_schema_extra={"examples": [{"column": "sex"}]})
@@ -109,6 +115,10 @@ class CategoricalAnchor(Anchor):
     @property
     def columns(self) -> tuple[str, ...]:
         return (self.config.column,)
+
+    @property
+    def complete_columns(self) -> tuple[str, ...]:
+        return () if self.config.missing == "neutral" else self.columns
 
     def __call__(self, meta: dict[str, Tensor]) -> Tensor:
         y = column(meta, self.config.column, self.name)
@@ -168,6 +178,10 @@ class CombinedAnchor(Anchor):
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c for child in self.children for c in child.columns))
+
+    @property
+    def complete_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for child in self.children for c in child.complete_columns))
 
     def __call__(self, meta: dict[str, Tensor]) -> Tensor:
         kernels = torch.stack([child(meta) for child in self.children])  # (n, B, B)

@@ -91,6 +91,9 @@ class Multitask(MetadataHeads, Objective):
     def required_columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.task_columns() + tuple(self.ssl.required_columns())))
 
+    def complete_columns(self) -> tuple[str, ...]:
+        return tuple(self.ssl.complete_columns())  # the heads skip unlabelled samples
+
     def forward(self, batch: Batch) -> ObjectiveOutput:
         inner = self.ssl(batch)
         loss = self.config.ssl_weight * inner.loss

@@ -85,6 +85,9 @@ class Supervised(MetadataHeads, Objective):
     def required_columns(self) -> tuple[str, ...]:
         return self.task_columns()
 
+    def complete_columns(self) -> tuple[str, ...]:
+        return ()  # a head learns from the labelled samples of a batch only
+
     def forward(self, batch: Batch) -> ObjectiveOutput:
         x = batch.original if self.needs_original else batch.views[0]
         if x is None:

@@ -95,6 +95,11 @@ class YAware(Objective):
             return tuple(self.kernel_fn.columns)
         return (self.config.column,)
 
+    def complete_columns(self) -> tuple[str, ...]:
+        if self.kernel_fn is not None:
+            return tuple(self.kernel_fn.complete_columns)
+        return (self.config.column,)
+
     def kernel(self, meta: dict[str, Tensor]) -> Tensor:
         """Subjects' similarity ``(N, N)`` from the (gathered) meta-data columns ``(N,)``."""
         if self.kernel_fn is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ssltk.bench.external import check_externals
 from ssltk.bench.grid import grid_external_jobs
+from ssltk.bench.metadata import column_needs
 from ssltk.config import BenchmarkConfig, SynthSpec
 from ssltk.errors import ConfigError
 from ssltk.registry import Registry
@@ -49,26 +50,6 @@ def ensure_store(role: str, field: str, path: Path, config: BenchmarkConfig,
     raise ConfigError(f"{field}: store {path} does not exist; {missing_store_hint(config, role)}")
 
 
-def objective_columns(config: BenchmarkConfig, store: VolumeStore,
-                      registry: Registry) -> dict[str, str]:
-    """Metadata column -> TOML path of the objective (or its anchor) that reads it.
-
-    Asks each built objective (:meth:`~ssltk.interfaces.Objective.required_columns`) and its
-    anchor (:attr:`~ssltk.interfaces.Anchor.columns`), so a plugin's own defaults count (y-Aware
-    reads ``age`` without any anchor) and a third-party component needs no special case.
-    """
-    needed: dict[str, str] = {}
-    for i, spec in enumerate(config.pretrain.objectives):
-        path = f"pretrain.objectives[{i}]"
-        backbone = registry.build("backbones", config.backbone, "backbone",
-                                  in_channels=store.shape[0], spatial_dims=store.spatial_dims)
-        objective = registry.build("objectives", spec, path, backbone=backbone)
-        from_anchor = set(objective.anchor.columns) if objective.anchor is not None else set()
-        for col in objective.required_columns():
-            needed.setdefault(col, f"{path}.anchor" if col in from_anchor else path)
-    return needed
-
-
 def check_columns(config: BenchmarkConfig, registry: Registry) -> None:
     """The target and every column an objective reads must exist in the stores that need them."""
     with VolumeStore.open(config.data.finetune_store) as store:
@@ -78,10 +59,10 @@ def check_columns(config: BenchmarkConfig, registry: Registry) -> None:
                 f"'{config.data.target}' (it has {', '.join(store.columns)})")
     for path in config.data.pretrain_stores():
         with VolumeStore.open(path) as store:
-            for col, field in objective_columns(config, store, registry).items():
-                if col not in store.columns:
-                    raise ConfigError(f"{field}: store {path} has no column '{col}' (it has "
-                                      f"{', '.join(store.columns)})")
+            for need in column_needs(config, store, registry):
+                if need.column not in store.columns:
+                    raise ConfigError(f"{need.field}: store {path} has no column "
+                                      f"'{need.column}' (it has {', '.join(store.columns)})")
 
 
 def check_data(config: BenchmarkConfig, registry: Registry, build_missing: bool = True) -> None:

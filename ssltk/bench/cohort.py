@@ -2,7 +2,9 @@
 
 Protocol (per seed x repeat): one scan per labelled subject (its first session in the store);
 a stratified test set and validation set; the rest is the training pool, from which every label
-budget draws its training subjects. Budgets are nested: for one (seed, repeat), the subjects of
+budget draws its training subjects: stratified by class for classification, spread over the
+target's quantile bins (:data:`~ssltk.data.splits.REGRESSION_BINS`, x site with
+``stratify_site``) for regression (:func:`~ssltk.data.splits.draw_spread`). Budgets are nested: for one (seed, repeat), the subjects of
 a smaller budget are a subset of a larger one's, so label-efficiency curves compare like with
 like. Every method (scratch included) sees exactly the same split: the pairing of the report.
 With ``[finetune] test_from``, the test set is the store's own (the subjects whose rows have
@@ -21,7 +23,8 @@ import numpy as np
 
 from ssltk.budgets import Budget
 from ssltk.config import BenchmarkConfig, FinetuneConfig, TestFrom
-from ssltk.data.splits import draw_budget, first_rows, split_hash, stratified_split
+from ssltk.data.splits import (draw_budget, draw_spread, first_rows, quantile_bins, split_hash,
+                               stratified_split)
 from ssltk.engine.targets import load_targets
 from ssltk.errors import ConfigError
 from ssltk.store import VolumeStore
@@ -34,7 +37,7 @@ class Cohort:
     subjects: np.ndarray  # (S,) subject ids
     rows: np.ndarray  # (S,) store row of each subject's scan
     labels: np.ndarray  # (S,) class index (classification) or value (regression)
-    strata: np.ndarray  # (S,) label, or label x site when stratifying by site
+    strata: np.ndarray  # (S,) label (or target bin), x site when stratifying by site
     classes: list[str]
     in_test: np.ndarray | None = None  # (S,) bool: the predefined test set (test_from)
     test_from: dict | None = None  # test_from's column and value (part of the split hash)
@@ -49,13 +52,16 @@ class Cohort:
                 ``budget.source``).
         """
         pool, val, test = self.sides(finetune, seed, repeat)
-        train = draw_budget(self.labels, pool, budget.kind, budget.value, budget.source,
-                            self.classes or None)
+        if not self.classes:  # regression: spread over the target's bins
+            train = draw_spread(self.strata, pool, budget.kind, budget.value, budget.source)
+        else:
+            train = draw_budget(self.labels, pool, budget.kind, budget.value, budget.source,
+                                self.classes)
         return Split(self, train, val, test, pool=np.sort(pool))
 
     def sides(self, finetune: FinetuneConfig, seed: int,
-              repeat: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(pool, val, test) of the (seed, repeat) draw: the same for every budget."""
+              repeat: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pool, val, test) of the (seed, repeat) draw, before any budget."""
         if self.in_test is None:
             return stratified_split(self.strata, finetune.val_fraction, finetune.test_fraction,
                                     seed, repeat)
@@ -110,7 +116,8 @@ def all_test_subjects(config: BenchmarkConfig, cohort: Cohort | None = None) -> 
     out: set[str] = set()
     for seed in config.seeds:
         for repeat in range(config.finetune.repeats):
-            out.update(cohort.subjects[cohort.sides(config.finetune, seed, repeat)[2]].tolist())
+            _, _, test = cohort.sides(config.finetune, seed, repeat)
+            out.update(cohort.subjects[test].tolist())
     return out
 
 
@@ -129,10 +136,13 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
         test_from = config.finetune.test_from
         test_rows = (None if test_from is None
                      else predefined_test(store, test_from, subject_ids, d.finetune_store))
-    rows = first_rows(subject_ids, targets.labelled_rows())  # one scan per subject
+    usable = targets.labelled_rows()
+    if site is not None:
+        usable = usable[site_present(site, usable, config)]
+    rows = first_rows(subject_ids, usable)  # one scan per subject
     labels = targets.labels[rows]
-    if d.task == "regression":  # strata: quintiles of the target
-        strata = np.digitize(labels, np.quantile(labels, [0.2, 0.4, 0.6, 0.8]))
+    if d.task == "regression":
+        strata = quantile_bins(labels)
     else:
         strata = labels.astype(np.int64)
     if site is not None:
@@ -144,6 +154,22 @@ def load_cohort(config: BenchmarkConfig) -> Cohort:
                           f"'{d.target}' with the classes kept); the test set would be empty")
     return Cohort(subject_ids[rows], rows, labels, strata, targets.classes or [], in_test,
                   None if test_from is None else test_from.model_dump())
+
+
+def site_present(site: np.ndarray, rows: np.ndarray, config: BenchmarkConfig) -> np.ndarray:
+    """``(len(rows),)`` bool: the labelled rows with a site (``data.missing`` decides the rest).
+
+    Raises:
+        ConfigError: a labelled row has no site and ``data.missing`` is "error".
+    """
+    present = site[rows] != ""
+    n_missing = int((~present).sum())
+    if n_missing and config.data.missing == "error":
+        raise ConfigError(
+            f"finetune.stratify_site: column '{config.finetune.stratify_site}' has {n_missing} "
+            f"missing value(s) among the labelled rows of store {config.data.finetune_store}; "
+            "set data.missing = \"drop\" to leave those subjects out, or fill the column")
+    return present
 
 
 def predefined_test(store: VolumeStore, test_from: TestFrom, subject_ids: np.ndarray,

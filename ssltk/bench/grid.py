@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssltk.bench.cohort import Cohort, Split, all_test_subjects, load_cohort
 from ssltk.bench.external import ExternalJob, external_jobs
@@ -28,6 +29,9 @@ from ssltk.engine.runs import (DistillRun, FinetuneRun, PretrainRun, distill_run
                               pretrain_run)
 from ssltk.errors import ConfigError, did_you_mean
 
+if TYPE_CHECKING:
+    from ssltk.bench.metadata import MetadataCheck
+
 
 @dataclass
 class PretrainJob:
@@ -36,6 +40,8 @@ class PretrainJob:
     method: str
     run: PretrainRun
     augmentations_label: str
+    cache: Path = Path(".pretrain-cache")
+    """The pretraining cache (``BenchmarkConfig.pretrain_cache``): the run's folder is in it."""
 
     @property
     def seed(self) -> int:
@@ -48,7 +54,12 @@ class PretrainJob:
     def key(self) -> str:
         return self.run.content_hash()[:16]
 
-    def out_dir(self, run_dir: Path) -> Path:
+    def out_dir(self) -> Path:
+        """``CACHE/<content hash>``: any benchmark with the same pretraining finds it there."""
+        return self.cache / self.content_hash()
+
+    def link_dir(self, run_dir: Path) -> Path:
+        """``RUN_DIR/pretrain/<method>-seed<seed>-<hash[:8]>``: a link to :meth:`out_dir`."""
         return run_dir / "pretrain" / f"{self.method}-seed{self.run.seed}-{self.key[:8]}"
 
 
@@ -114,6 +125,8 @@ class Grid:
     cells: list[Cell] = field(default_factory=list)
     external_jobs: list[ExternalJob] = field(default_factory=list)
     distills: list[DistillCell] = field(default_factory=list)
+    metadata: MetadataCheck | None = None
+    """Rows, missing values and leakage of the pretraining stores (set by the runner)."""
 
     @property
     def jobs(self) -> list[PretrainJob | ExternalJob]:
@@ -153,13 +166,17 @@ def method_labels(config: BenchmarkConfig) -> list[str]:
 
 
 def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None,
+                  rows: dict[str, list[int] | None] | None = None,
                   held_out: set[str] = frozenset()) -> list[PretrainJob]:
     """Distinct (objective, pretraining store, augmentation set, seed) combinations.
 
     Args:
         seeds: the seeds to enumerate (default: ``config.seeds``).
+        rows: store path -> the rows to pretrain on (None or absent: every row), from
+            :func:`ssltk.bench.metadata.check_metadata`.
         held_out: subjects the monitors' probes must not read (the grid's test subjects).
     """
+    rows = rows or {}
     stores = config.data.pretrain_stores()
     aug_sets = augmentation_sets(config)
     jobs = []
@@ -173,8 +190,9 @@ def pretrain_jobs(config: BenchmarkConfig, seeds: list[int] | None = None,
                     method += f"@{Path(store).stem}"
                 for seed in config.seeds if seeds is None else seeds:
                     run = pretrain_run(config, objective, store=store, augmentations=augs,
-                                       seed=seed)
-                    jobs.append(PretrainJob(method, _hold_out(run, held_out), aug_label))
+                                       seed=seed, rows=rows.get(str(store)))
+                    jobs.append(PretrainJob(method, _hold_out(run, held_out), aug_label,
+                                            config.pretrain_cache()))
     return jobs
 
 
@@ -200,14 +218,18 @@ def grid_external_jobs(config: BenchmarkConfig) -> list[ExternalJob]:
 
 
 def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | None = None,
-             source: str = "objective") -> PretrainJob:
+             source: str = "objective",
+             rows: dict[str, list[int] | None] | None = None) -> PretrainJob:
     """The grid's pretraining of ``objective`` (default: the first) with ``seed`` (default: the
     first of ``seeds``), on the first store with the first augmentation set.
 
     Raises:
         ConfigError: ``objective`` is not in ``pretrain.objectives`` (named as ``source``).
     """
-    jobs = pretrain_jobs(config, seeds=[config.seeds[0] if seed is None else seed],
+    if not config.pretrain.objectives:
+        raise ConfigError("pretrain.objectives is empty: this benchmark pretrains nothing (its "
+                          "encoders are [[pretrain.external]]); add an objective")
+    jobs = pretrain_jobs(config, seeds=[config.seeds[0] if seed is None else seed], rows=rows,
                          held_out=monitor_held_out(config))
     for job in jobs:
         if objective is None or job.run.objective.name == objective:
@@ -256,14 +278,17 @@ def check_distill_methods(config: BenchmarkConfig, axes: list[CellAxes]) -> None
                               f"{', '.join(known)}")
 
 
-def expand(config: BenchmarkConfig, cohort: Cohort | None = None) -> Grid:
+def expand(config: BenchmarkConfig, cohort: Cohort | None = None,
+           rows: dict[str, list[int] | None] | None = None) -> Grid:
     """Every pretraining job and finetuning cell; budgets are checked against the pool.
 
     Args:
         cohort: the labelled cohort to split (default: read from ``data.finetune_store``).
+        rows: the rows each pretraining store is used with (:func:`pretrain_jobs`).
     """
     cohort = cohort if cohort is not None else load_cohort(config)
-    grid = Grid(config, pretrain_jobs(config, held_out=monitor_held_out(config, cohort)),
+    grid = Grid(config, pretrain_jobs(config, rows=rows,
+                                      held_out=monitor_held_out(config, cohort)),
                 external_jobs=grid_external_jobs(config))
     splits: dict[tuple, Split] = {}
     all_axes = cell_axes(config, grid.jobs)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ssltk import locks
 from ssltk.bench.external import ExternalJob, materialise
 from ssltk.bench.grid import Cell, DistillCell, Grid, PretrainJob
 from ssltk.bench.models import model_dir, model_info
@@ -32,6 +33,7 @@ from ssltk.engine.bundle import MODEL_JSON, check_target
 from ssltk.engine.checkpoint import package_versions
 from ssltk.engine.finetuning import EmbeddingCache, best_val_score
 from ssltk.engine.runtime import numerics
+from ssltk.errors import SsltkError
 from ssltk.registry import Registry, get_registry
 
 
@@ -82,7 +84,7 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
         encoder = materialise(group.job, root, first.store, registry)
     elif group.job is not None:
         t0 = time.perf_counter()
-        result = pretrain(group.job.run, group.job.out_dir(root), registry=registry, device=device)
+        result = _pretrain_cached(group.job, root, registry, device)
         encoder, pretrain_s = result.encoder_path, time.perf_counter() - t0
     students = {d.teacher.key: d for d in group.distills}
     pending = {c.key for c in group.cells}
@@ -100,6 +102,40 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
                                  time.perf_counter() - t0) | {"numerics": numerics(device)})
         if student is not None:
             _distil(student, encoder, group, root, info, pretrain_s, device, registry)
+
+
+def _pretrain_cached(job: PretrainJob, root: Path, registry: Registry, device: str):
+    """Pretrain into (or reuse) the job's cache folder, under a lock beside it: benchmarks in
+    other run folders share the cache, and two must not train the same hash at once. The run
+    folder links to it (``PretrainJob.link_dir``), where its monitors are read."""
+    folder = job.out_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    _link(job.link_dir(root), folder)
+    lock = folder.with_name(folder.name + ".lock")
+
+    def busy(holder: str) -> SsltkError:
+        return SsltkError(f"pretraining {folder} is being trained by {holder} (another "
+                          f"benchmark sharing pretrain.cache_dir); re-run when it has finished "
+                          f"to reuse it")
+
+    locks.acquire(lock, busy)
+    try:
+        return pretrain(job.run, folder, registry=registry, device=device)
+    finally:
+        locks.release(lock)
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (absolute), made under a temporary name and renamed into place."""
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.exists() and not link.is_symlink():
+        return  # a run folder from before the cache keeps its own pretraining folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: tuple,

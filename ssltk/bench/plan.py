@@ -6,10 +6,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssltk.bench.checks import missing_store_hint
+from ssltk.bench.checks import check_columns, missing_store_hint
 from ssltk.bench.external import check_externals
 from ssltk.bench.grid import (cell_axes, check_distill_methods, grid_external_jobs, is_teacher,
                               pretrain_jobs)
+from ssltk.bench.metadata import check_metadata
 from ssltk.config import BenchmarkConfig
 from ssltk.registry import Registry
 from ssltk.store import VolumeStore
@@ -44,6 +45,9 @@ class Plan:
     """One line per external encoder: name, file, sha256 prefix, backbone."""
     distills: int = 0
     """Distillations (``[distill]``): one per teacher cell."""
+    metadata: list[str] = field(default_factory=list)
+    """Rows used, missing values and label leakage (:mod:`ssltk.bench.metadata`), when the
+    stores exist."""
 
 
 def _store_size(path: Path) -> tuple[int, int] | None:
@@ -55,14 +59,20 @@ def _store_size(path: Path) -> tuple[int, int] | None:
 
 
 def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
-    """The grid of ``config`` without running it: nothing is built or read but store headers
-    and the external encoders' weights, which are checked against their backbones here.
+    """The grid of ``config`` without running it: nothing is trained; store headers and
+    metadata and the external encoders' weights are read. When the stores exist, the metadata
+    the benchmark reads is checked (:func:`~ssltk.bench.metadata.check_metadata`: missing
+    values under ``data.missing``, label leakage) and the pretraining rows are the run's.
 
     ``cells`` counts :func:`~ssltk.bench.grid.cell_axes`, the list :func:`~ssltk.bench.grid.expand`
     makes one cell of each entry of (it needs no data, so a dry run works before the stores
     exist).
     """
-    jobs = pretrain_jobs(config)
+    check = None
+    if all(Path(p).exists() for _, _, p in config.data.stores()):
+        check_columns(config, registry)
+        check = check_metadata(config, registry)
+    jobs = pretrain_jobs(config, rows=None if check is None else check.pretrain_rows())
     externals = grid_external_jobs(config)
     check_externals(config, registry, externals)
     sizes = {str(p): _store_size(p) for p in config.data.pretrain_stores()}
@@ -72,6 +82,7 @@ def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
         steps = passes = est = None
         if size is not None:
             n, voxels = size
+            n = n if job.run.rows is None else len(job.run.rows)
             steps = n // job.run.batch_size * job.run.epochs
             views = registry.get("objectives", job.run.objective.name).n_views
             passes = steps * job.run.batch_size * views
@@ -86,4 +97,5 @@ def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
     axes = cell_axes(config, [*jobs, *externals])
     check_distill_methods(config, axes)
     return Plan(rows, len(axes), budgets, missing, external,
-                distills=sum(is_teacher(config, a) for a in axes))
+                distills=sum(is_teacher(config, a) for a in axes),
+                metadata=[] if check is None else check.lines())

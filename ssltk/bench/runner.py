@@ -7,6 +7,7 @@ cell, append results; resume by skipping what results.jsonl and the checkpoints 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -18,7 +19,9 @@ import torch
 from ssltk import locks
 from ssltk.bench.checks import check_data
 from ssltk.bench.cluster import run_on_submitit
+from ssltk.bench.cohort import load_cohort
 from ssltk.bench.grid import Grid, expand
+from ssltk.bench.metadata import METADATA_FILE, check_metadata
 from ssltk.bench.groups import Group, pending_groups, run_group, run_groups
 from ssltk.bench.models import select_best
 from ssltk.config import BenchmarkConfig, load_config
@@ -109,7 +112,11 @@ def _prepare(config: BenchmarkConfig, registry: Registry, build_missing: bool,
              devices: list[str] | None) -> tuple[BenchmarkConfig, Grid]:
     resolve_devices(config, devices)  # a device that does not exist fails before any work
     check_data(config, registry, build_missing=build_missing)
-    return config, expand(config)
+    cohort = load_cohort(config)
+    metadata = check_metadata(config, registry, cohort)
+    grid = expand(config, cohort, rows=metadata.pretrain_rows())
+    grid.metadata = metadata
+    return config, grid
 
 
 def copy_config(config_path: Path, root: Path) -> None:
@@ -171,6 +178,9 @@ def _run(config_path: str | Path, config: BenchmarkConfig, root: Path, registry:
          devices: list[str] | None, on_start, progress: Progress | None) -> None:
     config, grid = _prepare(config, registry, True, devices)
     copy_config(Path(config_path), root)
+    (root / METADATA_FILE).write_text(json.dumps(grid.metadata.as_dict(), indent=2) + "\n")
+    for line in grid.metadata.lines():
+        (log.warning if line in grid.metadata.leaks else log.info)("%s", line)
     devices = resolve_devices(config, devices)
     groups = pending_groups(grid, root / "results.jsonl")
     done = grid.size - sum(g.size for g in groups)

@@ -29,6 +29,8 @@ def _print_plan(plan, name: str, out: Console) -> None:
         out.print(f"distillation: {plan.distills} students (one per teacher cell)")
     for line in plan.missing:
         out.print(f"[yellow]missing[/] {line}", highlight=False, soft_wrap=True)
+    for line in plan.metadata:
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 def command(

@@ -7,10 +7,13 @@ subject on the same side) and :func:`first_rows` to one scan each.
 >>> pool, val, test = stratified_split(labels, val_fraction=0.2, test_fraction=0.3, seed=0)
 >>> train = draw_budget(labels, pool, "n_per_class", 10)          # balanced few-shot
 >>> train = draw_budget(labels, pool, "fraction", 0.1)            # 10 % of the pool
+>>> train = draw_spread(quantile_bins(ages), pool, "n_total", 20)  # regression: over the range
 >>> split_hash(subjects, train, val, test)                        # stable id of the split
 
 Budgets drawn from the same pool nest: the subjects of a smaller budget are a subset of a
 larger one's (each class's pool order is fixed), which keeps label-efficiency curves paired.
+A regression target has no classes: its budgets are drawn by :func:`draw_spread` over
+:data:`REGRESSION_BINS` quantile bins of the target, so 20 subjects span the target's range.
 """
 
 from __future__ import annotations
@@ -121,6 +124,56 @@ def allocate(n: int, sizes: dict) -> dict:
         c = max(counts, key=lambda k: counts[k])
         counts[c] -= 1
     return counts
+
+
+REGRESSION_BINS = 5
+"""Quantile bins of a regression target that its splits and budgets are stratified on."""
+
+
+def quantile_bins(values: Sequence[float], n_bins: int = REGRESSION_BINS) -> np.ndarray:
+    """``(S,)`` bin index in ``[0, n_bins)`` of each value: the target's quantiles as edges."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.quantile(values, np.arange(1, n_bins) / n_bins)
+    return np.digitize(values, edges)
+
+
+def draw_spread(strata: Sequence, pool: Sequence[int], kind: str, value: float,
+                field: str = "budget") -> np.ndarray:
+    """Training subjects of a budget spread evenly over ``strata`` (a regression target's bins).
+
+    The pool is put in one stratified order, each stratum's subjects (in pool order) at evenly
+    spaced positions ``(k + 1/2) / n_stratum``; a budget is the first ``n`` of that order. So
+    a budget holds exactly ``n`` subjects, each stratum within one subject of its share
+    ``n * n_stratum / len(pool)``, and budgets nest for every ``n``.
+
+    Args:
+        strata: ``(S,)`` stratum per subject (bins of the target, or bin x site).
+        pool: candidate subject indices, in the order to draw them within a stratum.
+        kind: ``n_total`` (``value`` subjects) or ``fraction`` (``round(value * len(pool))``,
+            at least 1).
+        field: the config field named in errors.
+
+    Raises:
+        ConfigError: the budget needs more subjects than the pool has, or is ``n_per_class``.
+    """
+    if kind not in ("n_total", "fraction"):
+        raise ConfigError(f"{field}: a regression target has no classes; use finetune.n_total "
+                          "or finetune.label_fractions")
+    strata, pool = np.asarray(strata), np.asarray(pool, dtype=np.int64)
+    n = int(value) if kind == "n_total" else max(1, int(round(value * len(pool))))
+    if n > len(pool):
+        raise ConfigError(f"{field}: {n} subjects, but the training pool has only "
+                          f"{len(pool)} (after the validation and test sets); lower it")
+    return np.sort(spread_order(strata[pool], pool)[:n])
+
+
+def spread_order(strata: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``items`` reordered so that every prefix holds each stratum in proportion (+-1)."""
+    keys = np.empty(len(items))
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        keys[members] = (np.arange(len(members)) + 0.5) / len(members)
+    return items[np.lexsort((np.arange(len(items)), keys))]  # ties: pool order
 
 
 def split_hash(subjects: Sequence[str], train, val, test, salt: dict | None = None) -> str:

@@ -82,7 +82,8 @@ class DistillRun(DistillSettings, TargetSettings):
 
 
 def pretrain_run(config: BenchmarkConfig, objective: ObjectiveSpec, *, store: str | Path,
-                 augmentations: Sequence[ComponentSpec] | None, seed: int) -> PretrainRun:
+                 augmentations: Sequence[ComponentSpec] | None, seed: int,
+                 rows: Sequence[int] | None = None) -> PretrainRun:
     """The pretraining of ``objective`` on ``store`` with one view pipeline and seed.
 
     Args:
@@ -92,10 +93,12 @@ def pretrain_run(config: BenchmarkConfig, objective: ObjectiveSpec, *, store: st
         augmentations: the view pipeline (None: ``ssltk.augment.default_pipeline``, which
             adds grey-level jitter in 2D).
         seed: the run's seed.
+        rows: the store rows to pretrain on (None: every row).
     """
     return PretrainRun(store=store, backbone=config.backbone, objective=objective,
                        augmentations=None if augmentations is None else list(augmentations),
-                       seed=seed, **config.pretrain.fields_of(PretrainSettings))
+                       seed=seed, rows=None if rows is None else [int(r) for r in rows],
+                       **config.pretrain.fields_of(PretrainSettings))
 
 
 def finetune_run(config: BenchmarkConfig, rows: tuple[Sequence[int], Sequence[int], Sequence[int]],
