@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ from typer.testing import CliRunner
 from ssltk.bench.results import read_results
 from ssltk.bench.runner import prepare, run_benchmark
 from ssltk.cli import app
+
+from _handshake import CHILD, Handshake
 
 BENCHMARKS = sorted((Path(__file__).parents[2] / "benchmarks").glob("*.toml"))
 
@@ -103,15 +104,17 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert "12 cells (12 already done)" in again.output
 
 
-KILLABLE = textwrap.dedent("""
-    import os, sys, time
+KILLABLE = CHILD + textwrap.dedent("""
+    import os, sys
     from ssltk.bench import groups, runner
-    finetune = groups.finetune
-    def slow_finetune(*args, **kw):  # leave the parent time to kill us mid-grid
-        out = finetune(*args, **kw)
-        time.sleep(float(os.environ.get('SSLTK_TEST_CELL_PAUSE', 0.4)))
-        return out
-    groups.finetune = slow_finetune
+    finetune, calls = groups.finetune, [0]
+    hold_at = int(os.environ["SSLTK_TEST_HOLD_AT"])
+    def held_finetune(*args, **kw):  # cells 0 .. hold_at - 1 are in results.jsonl now
+        if calls[0] == hold_at:
+            hold_here()
+        calls[0] += 1
+        return finetune(*args, **kw)
+    groups.finetune = held_finetune
     if sys.argv[2:] == ["--cli"]:  # the command, with its Ctrl-C handling
         from ssltk.cli import app
         app(["run", sys.argv[1], "--no-report"], prog_name="ssltk")
@@ -120,13 +123,11 @@ KILLABLE = textwrap.dedent("""
 """)
 
 
-def _wait_for_results(proc, results: Path, n: int) -> None:
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(read_results(results)) >= n:
-            return
-        time.sleep(0.05)
-    assert proc.poll() is None, "the grid finished before it could be interrupted"
+def _start_held(handshake: Handshake, cfg: Path, hold_at: int, *extra: str, **kw):
+    """``ssltk run cfg`` in a child that stops before its cell ``hold_at`` (after ``hold_at``
+    results are written) and waits there for the test's signal."""
+    return handshake.popen([sys.executable, "-c", KILLABLE, str(cfg), *extra],
+                           env=os.environ | {"SSLTK_TEST_HOLD_AT": str(hold_at)}, **kw)
 
 
 @pytest.mark.numerics
@@ -135,12 +136,15 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_
     (tmp_path / "a").mkdir()
     killed_cfg = write_config(tmp_path / "a")
     results = tmp_path / "a" / "runs" / "tiny" / "results.jsonl"
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(killed_cfg)])
-    _wait_for_results(proc, results, 5)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    handshake = Handshake()
+    proc = _start_held(handshake, killed_cfg, 5)
+    try:
+        handshake.wait(proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     before = {r["cell"]: r["created"] for r in read_results(results)}
-    assert 5 <= len(before) < 12
+    assert len(before) == 5
     run_benchmark(killed_cfg)
     after = read_results(results)
     assert len(after) == 12
@@ -177,12 +181,9 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
         tmp_path, write_config, uninterrupted):
     cfg = write_config(tmp_path)
     root = tmp_path / "runs" / "tiny"
-    first = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg), "--cli"],
-                             stderr=subprocess.PIPE, text=True,
-                             env=os.environ | {"SSLTK_TEST_CELL_PAUSE": "3"})
-    # 3 s per cell: the 9 cells left (27 s) outlast the second process's start under load (it
-    # once finished first at load 6 with 1.5 s); Ctrl-C cuts the pause short
-    _wait_for_results(first, root / "results.jsonl", 3)
+    handshake = Handshake()
+    first = _start_held(handshake, cfg, 3, "--cli", stderr=subprocess.PIPE, text=True)
+    handshake.wait(first)  # 3 cells written; it holds the run lock and waits for Ctrl-C
     # the same benchmark from another terminal (or a Slurm job on the same filesystem)
     second = subprocess.run([sys.executable, "-m", "ssltk", "run", str(cfg)],
                             capture_output=True, text=True, timeout=120)
@@ -191,16 +192,14 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
     assert len(lines) == 1, second.stderr
     assert f"is being run by pid {first.pid} on host {socket.gethostname()}" in lines[0]
     assert first.poll() is None  # the first run goes on, untouched
-    t0 = time.monotonic()
     first.send_signal(signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=60) == 130
-    assert time.monotonic() - t0 < 10
     lines = first.stderr.read().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Interrupted:"), lines
     assert lines[0].endswith(f"resume with: ssltk run {cfg}")
     assert not (root / ".run.lock").exists()
     before = {r["cell"]: r["created"] for r in read_results(root / "results.jsonl")}
-    assert 3 <= len(before) < 12
+    assert len(before) == 3
     run_benchmark(cfg)
     after = read_results(root / "results.jsonl")
     assert len(after) == 12 and all(r["created"] == before[r["cell"]] for r in after
