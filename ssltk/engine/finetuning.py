@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ssltk.augment import Pipeline
 from ssltk.data.loading import BatchReader, epoch_batches
 from ssltk.engine import runtime
+from ssltk.engine.baselines import RawInput
 from ssltk.engine.checkpoint import check_compatible, load_checkpoint
 from ssltk.engine.metrics import classification_metrics, regression_metrics
 from ssltk.engine.runs import FinetuneRun
@@ -108,8 +109,14 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
     for name, rows in (("train", run.train_rows), ("val", run.val_rows), ("test", run.test_rows)):
         targets.check_rows(rows, name)
     runtime.seed_everything(run.seed)
-    backbone = load_encoder(run.backbone, run.encoder, store.shape[0], store.spatial_dims,
-                            registry).to(ctx.device)
+    if run.features == "raw_input":
+        if save_model is not None:
+            raise SsltkError("a raw-input probe has no encoder to save as a bundle; "
+                             "run it without save_model")
+        backbone = RawInput(store.shape).to(ctx.device)
+    else:
+        backbone = load_encoder(run.backbone, run.encoder, store.shape[0], store.spatial_dims,
+                                registry).to(ctx.device)
     reader = BatchReader(store)
     if run.mode == "frozen":
         result, head = _probe(run, backbone, reader, targets, ctx, embeddings)
@@ -166,7 +173,7 @@ class EmbeddingCache:
     @staticmethod
     def key(run: FinetuneRun) -> str:
         return run.model_dump_json(include={"encoder", "store", "target", "task", "classes",
-                                            "backbone", "batch_size", "precision"})
+                                            "backbone", "batch_size", "precision", "features"})
 
     def lookup(self, run: FinetuneRun, backbone: Backbone, reader: BatchReader,
                targets: Targets, ctx: runtime.Context, rows) -> np.ndarray:

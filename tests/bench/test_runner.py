@@ -67,9 +67,10 @@ def uninterrupted(tmp_path_factory, write_config) -> dict[str, dict]:
 
 def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, write_config):
     config, grid = prepare(write_config(tmp_path))
-    # 2 objectives x 2 seeds pretraining runs; (2 + scratch) x 2 seeds x 2 budgets cells
-    assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 12
-    assert len({c.key for c in grid.cells}) == 12
+    # 2 objectives x 2 seeds pretraining runs; (2 + scratch + random_init_bn + raw_input) x 2
+    # seeds x 2 budgets cells
+    assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 20
+    assert len({c.key for c in grid.cells}) == 20
     by_split = {}
     for cell in grid.cells:
         by_split.setdefault((cell.seed, cell.budget.label), set()).add(cell.split_hash)
@@ -88,8 +89,9 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "tiny"
     records = read_results(root / "results.jsonl")
-    assert len(records) == 12
-    assert {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
+    assert len(records) == 20
+    assert {r["method"] for r in records} == {"scratch", "random_init_bn", "raw_input",
+                                              "simclr", "yaware"}
     assert len(list((root / "pretrain").iterdir())) == 4  # not one per cell
     rec = records[0]
     assert rec["config_hash"] and rec["split_hash"] and rec["versions"]["torch"]
@@ -100,7 +102,7 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert list((root / "figures").glob("*.png"))
     assert "scratch" in result.output  # the summary table
     again = CliRunner().invoke(app, ["run", str(cfg), "--no-report"])
-    assert "12 cells (12 already done)" in again.output
+    assert "20 cells (20 already done)" in again.output
 
 
 KILLABLE = textwrap.dedent("""
@@ -140,10 +142,10 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {r["cell"]: r["created"] for r in read_results(results)}
-    assert 5 <= len(before) < 12
+    assert 5 <= len(before) < 20  # killed in the baselines' cells (scratch has 4)
     run_benchmark(killed_cfg)
     after = read_results(results)
-    assert len(after) == 12
+    assert len(after) == 20
     assert all(r["created"] == before[r["cell"]] for r in after if r["cell"] in before)
     assert metrics_by_cell(results.parent) == uninterrupted
 
@@ -180,7 +182,7 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
     first = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg), "--cli"],
                              stderr=subprocess.PIPE, text=True,
                              env=os.environ | {"SSLTK_TEST_CELL_PAUSE": "3"})
-    # 3 s per cell: the 9 cells left (27 s) outlast the second process's start under load (it
+    # 3 s per cell: the 17 cells left (51 s) outlast the second process's start under load (it
     # once finished first at load 6 with 1.5 s); Ctrl-C cuts the pause short
     _wait_for_results(first, root / "results.jsonl", 3)
     # the same benchmark from another terminal (or a Slurm job on the same filesystem)
@@ -200,10 +202,10 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
     assert lines[0].endswith(f"resume with: ssltk run {cfg}")
     assert not (root / ".run.lock").exists()
     before = {r["cell"]: r["created"] for r in read_results(root / "results.jsonl")}
-    assert 3 <= len(before) < 12
+    assert 3 <= len(before) < 20
     run_benchmark(cfg)
     after = read_results(root / "results.jsonl")
-    assert len(after) == 12 and all(r["created"] == before[r["cell"]] for r in after
+    assert len(after) == 20 and all(r["created"] == before[r["cell"]] for r in after
                                     if r["cell"] in before)
     assert metrics_by_cell(root) == uninterrupted
 
@@ -260,5 +262,6 @@ def test_submitit_local_executor(tmp_path, write_config):
                           "n_per_class = [2]"})
     root = run_benchmark(cfg)
     records = read_results(root / "results.jsonl")
-    assert len(records) == 3 and {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
+    assert len(records) == 5 and {r["method"] for r in records} == {
+        "scratch", "random_init_bn", "raw_input", "simclr", "yaware"}
     assert list((root / "submitit").glob("*_result.pkl"))
