@@ -6,7 +6,9 @@ Two modes:
   augmentation) and a scikit-learn model is fitted on them: logistic regression
   (classification) or ridge regression, its regularisation chosen on the validation rows.
   This is orders of magnitude cheaper than training a linear layer on the frozen encoder
-  epoch after epoch, and is the protocol of the y-Aware paper's linear evaluation.
+  epoch after epoch, and is the protocol of the y-Aware paper's linear evaluation. With
+  ``features = "raw_input"`` the "embeddings" are the input volume average-pooled to at most
+  4096 values (:class:`~ssltk.engine.baselines.RawInput`): the raw-input baseline.
 * ``full`` – the encoder and a linear head trained end to end, the encoder at
   ``lr * encoder_lr_ratio``, with early stopping on the validation metric (patience) and the
   best weights restored before testing.
