@@ -32,7 +32,8 @@ def write(make_benchmark, store):
     two seeds, frozen and full modes."""
 
     def write_config(folder, finetune=None, **changes):
-        finetune = {"modes": ["frozen", "full"], "epochs": 1, **(finetune or {})}
+        finetune = {"modes": ["frozen", "full"], "epochs": 1, "baselines": None,
+                    **(finetune or {})}
         folder.mkdir(parents=True, exist_ok=True)
         return make_benchmark(folder / "tiny.toml", store, output_dir=folder / "runs",
                               finetune=finetune, **{"seeds": [0, 1], **changes})
