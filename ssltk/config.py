@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from ssltk.budgets import Budget
 from ssltk.errors import ConfigError, did_you_mean
@@ -267,8 +269,17 @@ class TestFrom(StrictModel):
     value: str = Field(description="Rows with this value are the test set of every repeat.")
 
 
+BaselineName = Literal["random_init", "random_init_bn", "raw_input"]
+BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)
+
+
 class FinetuneConfig(FinetuneSettings):
     modes: list[Literal["frozen", "full"]] = Field(default_factory=lambda: ["frozen"], min_length=1)
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: list(BASELINE_NAMES),
+        description="Baseline rows of the grid: random_init (the untrained encoder: a frozen "
+                    "probe, or supervised training in full mode), random_init_bn and raw_input "
+                    "(frozen mode only; docs/benchmarks.md#baselines).")
     label_fractions: list[float] = Field(
         default_factory=list, description="Fractions of the training pool (stratified).")
     n_per_class: list[int] = Field(
@@ -288,6 +299,22 @@ class FinetuneConfig(FinetuneSettings):
         default="none", description="Save model bundles under RUN_DIR/models: 'best' keeps, per "
                                     "method and mode, the cell with the best validation score at "
                                     "the largest budget; 'all' keeps every cell's.")
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _known_baselines(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # pydantic's own error names the type
+        for i, name in enumerate(value):
+            if isinstance(name, str) and name not in BASELINE_NAMES:
+                raise PydanticCustomError("baseline", "unknown baseline '{name}'.{hint} "
+                                          "Available: {names}",
+                                          {"name": name, "names": ", ".join(BASELINE_NAMES),
+                                           "hint": did_you_mean(name, BASELINE_NAMES)})
+            if name in value[:i]:
+                raise PydanticCustomError("baseline", "'{name}' is listed twice; list each "
+                                          "baseline once", {"name": name})
+        return value
 
     @model_validator(mode="after")
     def _budgets(self) -> FinetuneConfig:

@@ -1,8 +1,9 @@
 """Expanding a benchmark config into its grid of pretraining runs and finetuning cells.
 
 Axes: pretraining stores x augmentation sets x objectives x seeds (pretraining runs), then
-every pretraining run (plus the scratch baseline and each external encoder of
-``[[pretrain.external]]``, :mod:`ssltk.bench.external`) x finetuning modes x label budgets x
+every pretraining run (plus the baselines of ``finetune.baselines``: scratch, and in frozen mode
+``random_init_bn`` and ``raw_input``, :mod:`ssltk.bench.baselines`; and each external encoder
+of ``[[pretrain.external]]``, :mod:`ssltk.bench.external`) x finetuning modes x label budgets x
 split repeats (finetuning cells); with ``[distill]``, one distillation per teacher cell (a cell
 of ``distill.methods`` in ``distill.modes``). Each pretraining run and each cell is identified
 by the content hash of what determines its result, so a pretraining checkpoint is shared by all
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ssltk.bench.baselines import BaselineJob, baseline_jobs, runs_random_init
 from ssltk.bench.cohort import Cohort, Split, all_test_subjects, load_cohort
 from ssltk.bench.external import ExternalJob, external_jobs
-from ssltk.bench.stats import SCRATCH
+from ssltk.bench.stats import BASELINES, RAW_INPUT, SCRATCH
 from ssltk.budgets import Budget
 from ssltk.config import BenchmarkConfig, ComponentSpec
 from ssltk.engine.runs import (DistillRun, FinetuneRun, PretrainRun, distill_run, finetune_run,
@@ -65,11 +67,11 @@ class PretrainJob:
 
 @dataclass
 class CellAxes:
-    """Where a finetuning cell sits in the grid: a method (or scratch) x mode x budget x seed x
-    repeat."""
+    """Where a finetuning cell sits in the grid: a method (or a baseline) x mode x budget x
+    seed x repeat."""
 
     method: str
-    pretrain: PretrainJob | ExternalJob | None
+    pretrain: PretrainJob | ExternalJob | BaselineJob | None
     mode: str
     budget: Budget
     seed: int
@@ -85,7 +87,7 @@ class Cell(CellAxes):
 
     @property
     def key(self) -> str:
-        ident = {"finetune": self.run.model_dump(mode="json", exclude={"encoder"}),
+        ident = {"finetune": self.run.identity(),
                  "pretrain": self.pretrain.content_hash() if self.pretrain else None}
         text = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -127,13 +129,15 @@ class Grid:
     distills: list[DistillCell] = field(default_factory=list)
     metadata: MetadataCheck | None = None
     """Rows, missing values and leakage of the pretraining stores (set by the runner)."""
+    baseline_jobs: list[BaselineJob] = field(default_factory=list)
 
     @property
-    def jobs(self) -> list[PretrainJob | ExternalJob]:
-        """Every job whose encoder cells finetune: pretraining runs, then external encoders."""
-        return [*self.pretrain_jobs, *self.external_jobs]
+    def jobs(self) -> list[BaselineJob | PretrainJob | ExternalJob]:
+        """Every job whose cells finetune: the baselines (random_init_bn, raw_input),
+        pretraining runs, then external encoders."""
+        return [*self.baseline_jobs, *self.pretrain_jobs, *self.external_jobs]
 
-    def cells_of(self, job: PretrainJob | ExternalJob | None) -> list[Cell]:
+    def cells_of(self, job: PretrainJob | ExternalJob | BaselineJob | None) -> list[Cell]:
         return [c for c in self.cells if c.pretrain is job]
 
     def distills_of(self, job: PretrainJob | None) -> list[DistillCell]:
@@ -146,7 +150,8 @@ class Grid:
 
     @property
     def methods(self) -> list[str]:
-        return [SCRATCH] + list(dict.fromkeys(j.method for j in self.jobs))
+        scratch = [SCRATCH] if runs_random_init(self.config) else []
+        return scratch + list(dict.fromkeys(j.method for j in self.jobs))
 
 
 def augmentation_sets(config: BenchmarkConfig) -> dict[str, list[ComponentSpec] | None]:
@@ -213,7 +218,7 @@ def monitor_held_out(config: BenchmarkConfig, cohort: Cohort | None = None) -> s
 
 def grid_external_jobs(config: BenchmarkConfig) -> list[ExternalJob]:
     """The ``[[pretrain.external]]`` jobs, their names checked against the grid's methods."""
-    taken = {SCRATCH} | {j.method for j in pretrain_jobs(config, seeds=config.seeds[:1])}
+    taken = set(BASELINES) | {j.method for j in pretrain_jobs(config, seeds=config.seeds[:1])}
     return external_jobs(config, taken)
 
 
@@ -239,26 +244,27 @@ def find_job(config: BenchmarkConfig, objective: str | None = None, seed: int | 
 
 
 def cell_axes(config: BenchmarkConfig,
-              jobs: list[PretrainJob | ExternalJob]) -> list[CellAxes]:
+              jobs: list[BaselineJob | PretrainJob | ExternalJob]) -> list[CellAxes]:
     """Every finetuning cell of the grid: (scratch + each seed's jobs) x repeats x budgets x
-    modes, in the order they run. A job without a seed (an external encoder) is finetuned
-    with every seed, like scratch."""
+    modes, in the order they run. A job without a seed (an external encoder, the raw input) is
+    finetuned with every seed, like scratch; a baseline job only in its modes (frozen)."""
     f = config.finetune
+    scratch = [(SCRATCH, None)] if runs_random_init(config) else []
     out = []
     for seed in config.seeds:
-        methods = [(SCRATCH, None)] + [(j.method, j) for j in jobs
-                                       if j.seed is None or j.seed == seed]
+        methods = scratch + [(j.method, j) for j in jobs if j.seed is None or j.seed == seed]
         for repeat in range(f.repeats):
             for budget in f.budgets():
                 out += [CellAxes(method, job, mode, budget, seed, repeat)
-                        for method, job in methods for mode in f.modes]
+                        for method, job in methods for mode in f.modes
+                        if not isinstance(job, BaselineJob) or mode in job.modes]
     return out
 
 
 def is_teacher(config: BenchmarkConfig, axes: CellAxes) -> bool:
     """Whether the cell at ``axes`` is distilled (``[distill]``'s methods and modes)."""
     d = config.distill
-    return (d is not None and axes.mode in d.modes
+    return (d is not None and axes.mode in d.modes and axes.method != RAW_INPUT
             and (d.methods is None or axes.method in d.methods))
 
 
@@ -270,8 +276,11 @@ def check_distill_methods(config: BenchmarkConfig, axes: list[CellAxes]) -> None
     """
     if config.distill is None or config.distill.methods is None:
         return
-    known = list(dict.fromkeys(a.method for a in axes))
+    known = list(dict.fromkeys(a.method for a in axes if a.method != RAW_INPUT))
     for i, method in enumerate(config.distill.methods):
+        if method == RAW_INPUT:
+            raise ConfigError(f"distill.methods[{i}]: '{RAW_INPUT}' has no model to distil "
+                              "(its probe reads the input itself); remove it")
         if method not in known:
             raise ConfigError(f"distill.methods[{i}]: unknown method '{method}'."
                               f"{did_you_mean(method, known)} The grid's methods: "
@@ -289,7 +298,7 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None,
     cohort = cohort if cohort is not None else load_cohort(config)
     grid = Grid(config, pretrain_jobs(config, rows=rows,
                                       held_out=monitor_held_out(config, cohort)),
-                external_jobs=grid_external_jobs(config))
+                external_jobs=grid_external_jobs(config), baseline_jobs=baseline_jobs(config))
     splits: dict[tuple, Split] = {}
     all_axes = cell_axes(config, grid.jobs)
     check_distill_methods(config, all_axes)
@@ -300,6 +309,8 @@ def expand(config: BenchmarkConfig, cohort: Cohort | None = None,
         run = finetune_run(config, splits[at].rows, axes.mode, axes.seed)
         if isinstance(axes.pretrain, ExternalJob):  # its own network, maybe not the grid's
             run = run.model_copy(update={"backbone": axes.pretrain.backbone})
+        elif axes.method == RAW_INPUT:  # the probe reads the pooled input, not an encoder
+            run = run.model_copy(update={"features": "raw_input"})
         grid.cells.append(Cell(**vars(axes), run=run, split_hash=splits[at].hash))
         if is_teacher(config, axes):
             grid.distills.append(DistillCell(grid.cells[-1], distill_run(

@@ -3,8 +3,10 @@
 :func:`run_group` pretrains (or reuses the checkpoint), then finetunes and records each cell,
 and distils each teacher cell (``[distill]``): the teacher's model is kept as a bundle under
 ``RUN_DIR/distill/teachers/<cell>`` from its finetuning until its student's row is written, so
-a crash in between resumes with the distillation alone. The frozen cells of one encoder share
-its embeddings (:class:`~ssltk.engine.finetuning.EmbeddingCache`).
+a crash in between resumes with the distillation alone. A baseline job
+(:mod:`ssltk.bench.baselines`) fits its encoder's batch-norm statistics (or, for the raw
+input, nothing) instead of pretraining. The frozen cells of one encoder share its embeddings
+(:class:`~ssltk.engine.finetuning.EmbeddingCache`).
 :func:`run_groups` is what every worker process runs (a spawned device worker, a submitit job):
 it rebuilds the plugin registry in that process from the *names* of the disabled plugins, so a
 plugin disabled in the parent (``ssltk --disable-plugin X``) is never imported in a worker.
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ssltk import locks
+from ssltk.bench.baselines import BaselineJob, materialise_baseline
 from ssltk.bench.external import ExternalJob, materialise
 from ssltk.bench.grid import Cell, DistillCell, Grid, PretrainJob
 from ssltk.bench.models import model_dir, model_info
@@ -39,13 +42,13 @@ from ssltk.registry import Registry, get_registry
 
 @dataclass
 class Group:
-    """A pretraining job (None: scratch; or an external encoder) and its pending finetuning
-    cells: one unit of work.
+    """A pretraining job (None: scratch; or an external encoder, or a baseline) and its pending
+    finetuning cells: one unit of work.
 
     ``save_models`` and ``largest`` (the grid's largest budget) say which cells save a bundle.
     """
 
-    job: PretrainJob | ExternalJob | None
+    job: PretrainJob | ExternalJob | BaselineJob | None
     cells: list[Cell]
     save_models: str = "none"
     largest: Budget | None = None
@@ -78,10 +81,15 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
               registry: Registry) -> None:
     """Pretrain (or reuse the checkpoint), then finetune and record each pending cell, and
     distil each pending teacher right after its cell."""
-    encoder, pretrain_s = None, 0.0
+    encoder, pretrain_s, facts = None, 0.0, {}
+    first = (group.cells or [d.teacher for d in group.distills])[0]
     if isinstance(group.job, ExternalJob):  # no training: its file, mapped and checked
-        first = (group.cells or [d.teacher for d in group.distills])[0].run
-        encoder = materialise(group.job, root, first.store, registry)
+        encoder = materialise(group.job, root, first.run.store, registry)
+    elif isinstance(group.job, BaselineJob):  # no training: batch-norm statistics at most
+        t0 = time.perf_counter()
+        encoder, facts = materialise_baseline(group.job, root, first.run.store, registry,
+                                              device)
+        pretrain_s = time.perf_counter() - t0
     elif group.job is not None:
         t0 = time.perf_counter()
         result = _pretrain_cached(group.job, root, registry, device)
@@ -97,9 +105,9 @@ def run_group(group: Group, root: Path, benchmark: str, config_hash: str, device
             t0 = time.perf_counter()
             out = _finetune(cell, encoder, group, root, info, device, registry,
                             keep=student is not None, embeddings=embeddings)
-            append_result(root / "results.jsonl",
-                          record(cell, out, benchmark, config_hash, pretrain_s,
-                                 time.perf_counter() - t0) | {"numerics": numerics(device)})
+            rec = record(cell, out, benchmark, config_hash, pretrain_s,
+                         time.perf_counter() - t0) | {"numerics": numerics(device)}
+            append_result(root / "results.jsonl", rec | ({"baseline": facts} if facts else {}))
         if student is not None:
             _distil(student, encoder, group, root, info, pretrain_s, device, registry)
 
@@ -143,7 +151,8 @@ def _finetune(cell: Cell, encoder: Path | None, group: Group, root: Path, info: 
               embeddings: EmbeddingCache | None = None):
     """Finetune a cell; ``keep``: also keep its model as a teacher (teacher_dir)."""
     run = cell.run.model_copy(update={"encoder": encoder})
-    save = model_dir(root, cell, group.save_models, group.largest)
+    save = (model_dir(root, cell, group.save_models, group.largest)
+            if run.features == "encoder" else None)  # a raw-input probe has no encoder
     target = teacher_dir(root, cell) if keep else save
     if keep and save is not None:
         check_target(save)  # before training, not after
@@ -213,7 +222,8 @@ def record(cell: Cell, out, benchmark: str, config_hash: str, pretrain_s: float,
     return {
         "cell": cell.key, "benchmark": benchmark, "config_hash": config_hash,
         "method": cell.method,
-        "pretrain": None if job is None else job.describe() if isinstance(job, ExternalJob)
+        "pretrain": None if job is None
+        else job.describe() if isinstance(job, ExternalJob | BaselineJob)
         else {"objective": job.run.objective.name, "hash": job.run.content_hash(),
               "store": str(job.run.store), "augmentations": job.augmentations_label},
         "mode": cell.mode, "budget": cell.budget.as_dict(), "budget_label": cell.budget.label,

@@ -6,12 +6,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssltk.bench.baselines import BaselineJob, baseline_jobs
 from ssltk.bench.checks import check_columns, missing_store_hint
 from ssltk.bench.external import check_externals
 from ssltk.bench.grid import (cell_axes, check_distill_methods, grid_external_jobs, is_teacher,
                               pretrain_jobs)
 from ssltk.bench.metadata import check_metadata
+from ssltk.bench.stats import RANDOM_INIT_BN, RAW_INPUT, SCRATCH
 from ssltk.config import BenchmarkConfig
+from ssltk.engine.baselines import raw_input_grid
 from ssltk.registry import Registry
 from ssltk.store import VolumeStore
 
@@ -48,6 +51,8 @@ class Plan:
     metadata: list[str] = field(default_factory=list)
     """Rows used, missing values and label leakage (:mod:`ssltk.bench.metadata`), when the
     stores exist."""
+    baselines: list[str] = field(default_factory=list)
+    """One line per baseline of ``finetune.baselines``: what it probes and its cell count."""
 
 
 def _store_size(path: Path) -> tuple[int, int] | None:
@@ -94,8 +99,40 @@ def plan(config: BenchmarkConfig, registry: Registry) -> Plan:
     budgets = [b.label for b in config.finetune.budgets()]
     external = [f"{j.method}: {j.entry.path} (sha256 {j.sha256[:12]}, backbone "
                 f"{j.backbone.name}), finetuned with every seed" for j in externals]
-    axes = cell_axes(config, [*jobs, *externals])
+    baselines = baseline_jobs(config)
+    axes = cell_axes(config, [*baselines, *jobs, *externals])
     check_distill_methods(config, axes)
     return Plan(rows, len(axes), budgets, missing, external,
                 distills=sum(is_teacher(config, a) for a in axes),
-                metadata=[] if check is None else check.lines())
+                metadata=[] if check is None else check.lines(),
+                baselines=baseline_lines(config, baselines, axes))
+
+
+def baseline_lines(config: BenchmarkConfig, jobs: list[BaselineJob], axes: list) -> list[str]:
+    """``method (modes): what it probes; N cells`` for each baseline of the grid."""
+    count = {m: sum(a.method == m for a in axes) for m in (SCRATCH, RANDOM_INIT_BN, RAW_INPUT)}
+    lines = []
+    if count[SCRATCH]:
+        lines.append(f"{SCRATCH} ({', '.join(config.finetune.modes)}): the untrained encoder "
+                     f"of each seed; {count[SCRATCH]} cells")
+    if any(j.method == RANDOM_INIT_BN for j in jobs):
+        pool = config.data.pretrain_stores()[0]
+        lines.append(f"{RANDOM_INIT_BN} (frozen): the untrained encoder of each seed, its "
+                     f"batch-norm statistics fitted on {pool} (no gradient step); "
+                     f"{count[RANDOM_INIT_BN]} cells")
+    if any(j.method == RAW_INPUT for j in jobs):
+        size = _store_shape(config.data.finetune_store)
+        pooled = ("at most 4096 values" if size is None else
+                  f"{'x'.join(map(str, raw_input_grid(size)))} per channel "
+                  f"({size[0] * math.prod(raw_input_grid(size))} values)")
+        lines.append(f"{RAW_INPUT} (frozen): the input average-pooled to {pooled}; "
+                     f"{count[RAW_INPUT]} cells")
+    return lines
+
+
+def _store_shape(path: Path) -> tuple[int, ...] | None:
+    """``(C, *spatial)`` of a store's volumes, None when it does not exist yet."""
+    if not Path(path).exists():
+        return None
+    with VolumeStore.open(path) as store:
+        return tuple(store.shape)

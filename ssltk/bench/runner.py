@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ssltk import locks
+from ssltk.bench.baselines import BaselineJob
 from ssltk.bench.checks import check_data
 from ssltk.bench.cluster import run_on_submitit
 from ssltk.bench.cohort import load_cohort
@@ -58,13 +59,15 @@ def resolve_devices(config: BenchmarkConfig, override: list[str] | None = None) 
 
 
 def _shares(groups: list[Group], n: int) -> list[list[Group]]:
-    """Groups per device: pretraining groups first, each to the device with the least work."""
+    """Groups per device: pretraining groups first, each to the device with the least work
+    (scratch and the baselines, which train nothing, count as a tenth of one)."""
     shares: list[list[Group]] = [[] for _ in range(n)]
     loads = [0] * n
-    for group in sorted(groups, key=lambda g: g.job is None):
+    cheap = [g.job is None or isinstance(g.job, BaselineJob) for g in groups]
+    for is_cheap, group in sorted(zip(cheap, groups), key=lambda pair: pair[0]):
         i = loads.index(min(loads))
         shares[i].append(group)
-        loads[i] += 1 if group.job is None else 10
+        loads[i] += 1 if is_cheap else 10
     return shares
 
 

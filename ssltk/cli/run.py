@@ -25,6 +25,8 @@ def _print_plan(plan, name: str, out: Console) -> None:
     for line in plan.external:
         out.print(f"external encoder {line}", highlight=False, soft_wrap=True)
     out.print(f"finetuning: {plan.cells} cells (budgets {', '.join(plan.budgets)})")
+    for line in plan.baselines:
+        out.print(f"  baseline {line}", highlight=False, soft_wrap=True)
     if plan.distills:
         out.print(f"distillation: {plan.distills} students (one per teacher cell)")
     for line in plan.missing:

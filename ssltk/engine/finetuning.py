@@ -6,7 +6,9 @@ Two modes:
   augmentation) and a scikit-learn model is fitted on them: logistic regression
   (classification) or ridge regression, its regularisation chosen on the validation rows.
   This is orders of magnitude cheaper than training a linear layer on the frozen encoder
-  epoch after epoch, and is the protocol of the y-Aware paper's linear evaluation.
+  epoch after epoch, and is the protocol of the y-Aware paper's linear evaluation. With
+  ``features = "raw_input"`` the "embeddings" are the input volume average-pooled to at most
+  4096 values (:class:`~ssltk.engine.baselines.RawInput`): the raw-input baseline.
 * ``full`` – the encoder and a linear head trained end to end, the encoder at
   ``lr * encoder_lr_ratio``, with early stopping on the validation metric (patience) and the
   best weights restored before testing.
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from ssltk.augment import Pipeline
 from ssltk.data.loading import BatchReader, epoch_batches
 from ssltk.engine import runtime
+from ssltk.engine.baselines import RawInput
 from ssltk.engine.checkpoint import check_compatible, load_checkpoint
 from ssltk.engine.metrics import classification_metrics, regression_metrics
 from ssltk.engine.runs import FinetuneRun
@@ -108,8 +111,14 @@ def finetune(run: FinetuneRun, *, registry: Registry | None = None, device: str 
     for name, rows in (("train", run.train_rows), ("val", run.val_rows), ("test", run.test_rows)):
         targets.check_rows(rows, name)
     runtime.seed_everything(run.seed)
-    backbone = load_encoder(run.backbone, run.encoder, store.shape[0], store.spatial_dims,
-                            registry).to(ctx.device)
+    if run.features == "raw_input":
+        if save_model is not None:
+            raise SsltkError("a raw-input probe has no encoder to save as a bundle; "
+                             "run it without save_model")
+        backbone = RawInput(store.shape).to(ctx.device)
+    else:
+        backbone = load_encoder(run.backbone, run.encoder, store.shape[0], store.spatial_dims,
+                                registry).to(ctx.device)
     reader = BatchReader(store)
     if run.mode == "frozen":
         result, head = _probe(run, backbone, reader, targets, ctx, embeddings)
@@ -154,8 +163,8 @@ class EmbeddingCache:
     one encoder (label budgets x split repeats) draws its rows from the same labelled cohort.
     On first use the cache embeds every labelled row of the store, in row order and batches of
     the run's ``batch_size``; a cell then gets the same numbers whichever cells ran before it,
-    so a resumed run equals an uninterrupted one. A run with another encoder, store, target,
-    backbone, batch size or precision replaces the table.
+    so a resumed run equals an uninterrupted one. A run with another encoder (for the random
+    init: another seed), store, target, backbone, batch size or precision replaces the table.
     """
 
     def __init__(self) -> None:
@@ -165,8 +174,11 @@ class EmbeddingCache:
 
     @staticmethod
     def key(run: FinetuneRun) -> str:
-        return run.model_dump_json(include={"encoder", "store", "target", "task", "classes",
-                                            "backbone", "batch_size", "precision"})
+        # without an encoder file the weights are the random init of the run's seed: the
+        # scratch cells of every seed share one group, and each seed is another encoder
+        fields = {"encoder", "store", "target", "task", "classes", "backbone", "batch_size",
+                  "precision", "features"} | ({"seed"} if run.encoder is None else set())
+        return run.model_dump_json(include=fields)
 
     def lookup(self, run: FinetuneRun, backbone: Backbone, reader: BatchReader,
                targets: Targets, ctx: runtime.Context, rows) -> np.ndarray:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ssltk.config import (
     BenchmarkConfig,
@@ -53,6 +53,10 @@ class PretrainRun(PretrainSettings):
 class FinetuneRun(FinetuneSettings, TargetSettings):
     """Everything that determines a finetuning result."""
 
+    identity_defaults: ClassVar[frozenset[str]] = frozenset({"features"})
+    """Fields left out of :meth:`identity` while at their default: fields added after grid
+    cells were first keyed, so every earlier cell keeps its key."""
+
     store: Path
     backbone: ComponentSpec
     encoder: Path | None = Field(default=None, description="Pretrained encoder; None = scratch.")
@@ -61,6 +65,23 @@ class FinetuneRun(FinetuneSettings, TargetSettings):
     val_rows: list[int]
     test_rows: list[int]
     seed: int = 0
+    features: Literal["encoder", "raw_input"] = Field(
+        default="encoder", description="What the frozen probe reads: the encoder's embeddings, "
+                                       "or the input volume average-pooled to at most 4096 "
+                                       "values (ssltk.engine.baselines.RawInput).")
+
+    @model_validator(mode="after")
+    def _raw_input_is_frozen(self) -> FinetuneRun:
+        if self.features == "raw_input" and self.mode != "frozen":
+            raise ValueError("features = 'raw_input' is a frozen probe; use mode = 'frozen'")
+        return self
+
+    def identity(self) -> dict:
+        """The run as JSON without its encoder path (a grid cell names its encoder by the
+        pretraining's content hash) and without the :attr:`identity_defaults` at default."""
+        exclude = {"encoder"} | {name for name in self.identity_defaults
+                                 if getattr(self, name) == type(self).model_fields[name].default}
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 class DistillRun(DistillSettings, TargetSettings):

@@ -38,7 +38,7 @@ def test_plan_counts_the_cells_expand_makes(path, registry, monkeypatch, tmp_pat
     assert planned.cells == len(grid.cells) > 0
     assert [(c.method, c.mode, c.budget, c.seed, c.repeat) for c in grid.cells] == \
         [(a.method, a.mode, a.budget, a.seed, a.repeat)
-         for a in cell_axes(config, grid.pretrain_jobs)]
+         for a in cell_axes(config, grid.jobs)]
     assert len(planned.rows) == len(grid.pretrain_jobs)
     assert len(planned.missing) == len(config.data.stores())  # one line per store to build
     assert len({c.key for c in grid.cells}) == len(grid.cells)

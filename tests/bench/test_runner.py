@@ -28,9 +28,10 @@ TINY = {
     "pretrain": {"objectives": [
         {"name": "simclr"},
         {"name": "yaware", "anchor": {"name": "rbf", "columns": ["age"], "sigma": 5.0}}]},
-    "finetune": {"n_per_class": [2, 4]},
+    "finetune": {"n_per_class": [2, 4], "baselines": None},
 }
-"""The tiny benchmark of tests/conftest.py with two objectives, two seeds and two budgets."""
+"""The tiny benchmark of tests/conftest.py with two objectives, two seeds, two budgets and
+every baseline (so a killed run is resumed in the baselines' cells too)."""
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,10 @@ def uninterrupted(tmp_path_factory, write_config) -> dict[str, dict]:
 
 def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path, write_config):
     config, grid = prepare(write_config(tmp_path))
-    # 2 objectives x 2 seeds pretraining runs; (2 + scratch) x 2 seeds x 2 budgets cells
-    assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 12
-    assert len({c.key for c in grid.cells}) == 12
+    # 2 objectives x 2 seeds pretraining runs; (2 + scratch + random_init_bn + raw_input) x 2
+    # seeds x 2 budgets cells
+    assert len(grid.pretrain_jobs) == 4 and len(grid.cells) == 20
+    assert len({c.key for c in grid.cells}) == 20
     by_split = {}
     for cell in grid.cells:
         by_split.setdefault((cell.seed, cell.budget.label), set()).add(cell.split_hash)
@@ -89,9 +91,12 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert result.exit_code == 0, result.output
     root = tmp_path / "runs" / "tiny"
     records = read_results(root / "results.jsonl")
-    assert len(records) == 12
-    assert {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
-    assert len(list((root / "pretrain").iterdir())) == 4  # not one per cell
+    assert len(records) == 20
+    assert {r["method"] for r in records} == {"scratch", "random_init_bn", "raw_input",
+                                              "simclr", "yaware"}
+    pretrained = [p for p in (root / "pretrain").iterdir()
+                  if not p.name.startswith("random_init_bn-")]  # its encoders: one per seed
+    assert len(pretrained) == 4  # not one per cell
     rec = records[0]
     assert rec["config_hash"] and rec["split_hash"] and rec["versions"]["torch"]
     assert rec["numerics"]["device"] == "cpu" and rec["numerics"]["device_name"]
@@ -101,7 +106,7 @@ def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path,
     assert list((root / "figures").glob("*.png"))
     assert "scratch" in result.output  # the summary table
     again = CliRunner().invoke(app, ["run", str(cfg), "--no-report"])
-    assert "12 cells (12 already done)" in again.output
+    assert "20 cells (20 already done)" in again.output
 
 
 KILLABLE = CHILD + textwrap.dedent("""
@@ -147,7 +152,7 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_
     assert len(before) == 5
     run_benchmark(killed_cfg)
     after = read_results(results)
-    assert len(after) == 12
+    assert len(after) == 20
     assert all(r["created"] == before[r["cell"]] for r in after if r["cell"] in before)
     assert metrics_by_cell(results.parent) == uninterrupted
 
@@ -202,7 +207,7 @@ def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
     assert len(before) == 3
     run_benchmark(cfg)
     after = read_results(root / "results.jsonl")
-    assert len(after) == 12 and all(r["created"] == before[r["cell"]] for r in after
+    assert len(after) == 20 and all(r["created"] == before[r["cell"]] for r in after
                                     if r["cell"] in before)
     assert metrics_by_cell(root) == uninterrupted
 
@@ -259,5 +264,6 @@ def test_submitit_local_executor(tmp_path, write_config):
                           "n_per_class = [2]"})
     root = run_benchmark(cfg)
     records = read_results(root / "results.jsonl")
-    assert len(records) == 3 and {r["method"] for r in records} == {"scratch", "simclr", "yaware"}
+    assert len(records) == 5 and {r["method"] for r in records} == {
+        "scratch", "random_init_bn", "raw_input", "simclr", "yaware"}
     assert list((root / "submitit").glob("*_result.pkl"))
