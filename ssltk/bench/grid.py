@@ -211,9 +211,17 @@ def _hold_out(run: PretrainRun, subjects: set[str]) -> PretrainRun:
 
 
 def monitor_held_out(config: BenchmarkConfig, cohort: Cohort | None = None) -> set[str]:
-    """The grid's test subjects when the monitors probe labels (else none: no store read)."""
+    """The grid's test subjects when the monitors probe labels of the finetuning store (else
+    none, and no store read: a monitor store of its own holds another cohort's subjects)."""
     m = config.pretrain.monitor
-    return all_test_subjects(config, cohort) if m.enabled and m.target else set()
+    store = m.store if m.store is not None else config.data.pretrain_stores()[0]
+    if not (m.enabled and m.target) or not _same_file(store, config.data.finetune_store):
+        return set()
+    return all_test_subjects(config, cohort)
+
+
+def _same_file(a: Path | str, b: Path | str) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def grid_external_jobs(config: BenchmarkConfig) -> list[ExternalJob]:
