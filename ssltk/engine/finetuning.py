@@ -42,7 +42,7 @@ from ssltk.store import VolumeStore
 
 __all__ = ["Classifier", "EmbeddingCache", "FinetuneResult", "FinetuneRun", "embed_rows",
            "finetune", "forward_rows", "load_encoder", "load_encoder_state", "logits_of",
-           "result_of", "train_epochs", "val_score_of"]
+           "result_of", "train_epochs", "val_loss_of", "val_score_of"]
 log = logging.getLogger(__name__)
 PROBE_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 """Inverse regularisation strengths tried by the frozen probe (picked on validation)."""
@@ -247,6 +247,15 @@ def val_score_of(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndar
     return m["balanced_accuracy"] if not np.isfinite(auc) else float(auc)
 
 
+def val_loss_of(run, targets: Targets, y: np.ndarray, out: np.ndarray) -> float:
+    """Validation loss, lower is better: log loss, or MAE (regression). It breaks ties in the
+    score: ROC-AUC reaches 1.0 on a small validation set while the model is still barely
+    trained (all its probabilities near 0.5, only ranked right)."""
+    if run.task == "regression":
+        return float(np.mean(np.abs(out - y)))
+    return classification_metrics(y, out, targets.classes)["test_loss"]
+
+
 def result_of(run: FinetuneRun, targets: Targets, y: np.ndarray, out: np.ndarray,
             best_epoch: int | None, history: list[dict]) -> FinetuneResult:
     if run.task == "regression":
@@ -309,14 +318,16 @@ def train_epochs(model: Classifier, optimizer: torch.optim.Optimizer, batch_loss
                  rows, run, reader: BatchReader, targets: Targets, ctx: runtime.Context,
                  registry: Registry, progress: bool, label: str) -> tuple[int, list[dict]]:
     """Train ``model`` on ``rows`` for ``run.epochs`` epochs with early stopping on the
-    validation score of ``run.val_rows`` (``run.patience`` stale epochs), then restore the
-    best epoch's weights; ``run.patience = None`` trains every epoch and keeps the last.
+    validation score of ``run.val_rows`` (``run.patience`` stale epochs; of two epochs with
+    the same score the one with the lower validation loss is better), then restore the best
+    epoch's weights; ``run.patience = None`` trains every epoch and keeps the last.
     Shared by full finetuning and distillation (:mod:`ssltk.engine.distillation`), whose runs
     both carry ``epochs``, ``batch_size``, ``seed``, ``patience``, ``precision``,
     ``augmentations``, ``task`` and the row lists.
 
     Returns:
-        ``(best epoch, history)``: one ``{"epoch", "train_loss", "val_score"}`` per epoch.
+        ``(best epoch, history)``: one ``{"epoch", "train_loss", "val_score", "val_loss"}``
+        per epoch.
     """
     pipeline = Pipeline.from_specs(registry, run.augmentations, path="augmentations")
     best, history, stale = None, [], 0
@@ -338,14 +349,16 @@ def train_epochs(model: Classifier, optimizer: torch.optim.Optimizer, batch_loss
                 optimizer.step()
                 losses.append(loss.item())
             val_out = forward_rows(model, reader, run.val_rows, run, targets, ctx)
-            score = val_score_of(run, targets, targets.values(run.val_rows), val_out)
+            y_val = targets.values(run.val_rows)
+            score = val_score_of(run, targets, y_val, val_out)
+            rank = (score, -val_loss_of(run, targets, y_val, val_out))  # ties: lower loss
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
-                            "val_score": score})
+                            "val_score": score, "val_loss": -rank[1]})
             bar.update_plain()
             if run.patience is None:  # a fixed schedule: the last epoch's weights
-                best = (score, epoch, None)
-            elif best is None or score > best[0]:
-                best, stale = (score, epoch, _copy_state(model)), 0
+                best = (rank, epoch, None)
+            elif best is None or rank > best[0]:
+                best, stale = (rank, epoch, _copy_state(model)), 0
             else:
                 stale += 1
                 if stale >= run.patience:
