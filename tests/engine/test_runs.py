@@ -42,8 +42,8 @@ def config_with(tmp_path, make_benchmark):
     """``config_with(table, values)``: the tiny benchmark of tests/conftest.py with ``values``
     set in ``[table]``, read through load_config as a user's file."""
 
-    def make(table: str, values: dict) -> BenchmarkConfig:
-        path = make_benchmark(tmp_path / "runs.toml", "fine.h5", **{table: values})
+    def make(table: str, values: dict, **tables: dict) -> BenchmarkConfig:
+        path = make_benchmark(tmp_path / "runs.toml", "fine.h5", **{table: values}, **tables)
         tomllib.loads(path.read_text())
         return load_config(path)
 
@@ -70,7 +70,8 @@ def test_every_finetune_setting_of_the_toml_reaches_the_run(config_with):
 
 
 def test_every_target_setting_of_the_toml_reaches_the_run(config_with):
-    config = config_with("data", TARGET)
+    # a regression target takes budgets in subjects, not per class
+    config = config_with("data", TARGET, finetune={"n_per_class": None, "n_total": [4]})
     run = finetune_run(config, ROWS, "frozen", seed=0)
     assert dumped(run, TargetSettings) == TARGET
     assert run.store == config.data.finetune_store and run.backbone == config.backbone
