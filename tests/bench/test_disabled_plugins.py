@@ -61,6 +61,7 @@ def test_dry_run_plan_leaves_it_out(spy, store, tmp_path, make_benchmark):
     assert not spy.exists()
 
 
+@pytest.mark.slow  # whole runs in worker processes; the dry run stays in the fast suite
 @pytest.mark.parametrize("devices, executor", [(["cpu", "cpu"], "local"),
                                                ("cpu", "submitit_local")],
                          ids=["device-workers", "submitit"])

@@ -77,6 +77,7 @@ KILLABLE = CHILD + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a child process; test_two_step.py keeps a resume in the fast suite
 def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(store3d, tmp_path):
     run = make_run(store3d, objective="moco", epochs=3)  # moco: queue + momentum state too
     out = tmp_path / "killed"
