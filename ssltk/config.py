@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import (ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (ConfigDict, Field, ModelWrapValidatorHandler, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ssltk.budgets import Budget
@@ -88,8 +88,16 @@ class OptimConfig(StrictModel):
                                   f"{', '.join(['name', *own, *allowed])}")
         registry.validate("optimizers", self.spec(), path)
 
-    @model_validator(mode="after")
-    def _known_optimizer(self, info: ValidationInfo) -> OptimConfig:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _known_optimizer(cls, data: Any, handler: ModelWrapValidatorHandler[OptimConfig],
+                         info: ValidationInfo) -> OptimConfig:
+        # An instance is kept as it is: it was checked against the registry it was built with
+        # (or is the unvalidated default). Checking it again here, without that registry,
+        # would import every installed plugin, those disabled by --disable-plugin included.
+        if isinstance(data, cls):
+            return data
+        self = handler(data)
         registry = context_registry(info)
         check_in_model(lambda path: self.check(registry, path))
         return self

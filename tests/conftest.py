@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pytest
 import torch
 
-from ssltk.registry import Registry, get_registry
+from ssltk.registry import Registry, _installed_registry, get_registry
 from ssltk.store import ColumnSpec, StoreWriter
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shuffle-seed", type=int, default=None, metavar="N",
+                     help="run the tests in an order shuffled with seed N: a test that passes "
+                          "only after another one leaks or depends on state")
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle-seed")
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle-seed")
+    return None if seed is None else f"test order shuffled with --shuffle-seed {seed}"
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +68,16 @@ def write_distribution(root, dist: str, module: str, code: str, entry_point: str
 
 @pytest.fixture
 def plugin_path(tmp_path, monkeypatch):
-    """A folder on sys.path to install throwaway plugin distributions into."""
+    """A folder on sys.path to install throwaway plugin distributions into.
+
+    The installed-plugins registry that models validate against by default is built once per
+    process: it is rebuilt on either side, so it sees the throwaway plugins, and later tests
+    do not.
+    """
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+    _installed_registry.cache_clear()
+    yield tmp_path
+    _installed_registry.cache_clear()
 
 
 @pytest.fixture

@@ -31,16 +31,13 @@ def store(tmp_path_factory, make_tiny_store):
 
 
 @pytest.fixture
-def spy(tmp_path, monkeypatch, make_distribution):
+def spy(plugin_path, monkeypatch, make_distribution):
     """Install the spy plugin for this process and its children; return its log file."""
-    site = tmp_path / "site"
-    site.mkdir()
     module = f"ssltk_spy_{uuid.uuid4().hex[:8]}"
-    make_distribution(site, "ssltk-spy", module, SPY, entry_point="spy")
-    monkeypatch.syspath_prepend(str(site))
+    make_distribution(plugin_path, "ssltk-spy", module, SPY, entry_point="spy")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    log = tmp_path / "spy.log"
+        [str(plugin_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    log = plugin_path / "spy.log"
     monkeypatch.setenv("SSLTK_SPY_LOG", str(log))
     return log
 
@@ -64,6 +61,7 @@ def test_dry_run_plan_leaves_it_out(spy, store, tmp_path, make_benchmark):
     assert not spy.exists()
 
 
+@pytest.mark.slow  # whole runs in worker processes; the dry run stays in the fast suite
 @pytest.mark.parametrize("devices, executor", [(["cpu", "cpu"], "local"),
                                                ("cpu", "submitit_local")],
                          ids=["device-workers", "submitit"])

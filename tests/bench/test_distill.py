@@ -102,6 +102,7 @@ def test_a_rerun_skips_finished_distillations(finished, monkeypatch):
     assert len(read_results(finished / "results.jsonl")) == 12
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_a_crash_between_teacher_and_student_reruns_only_the_distillation(
         tmp_path, write_config, finished, monkeypatch):

@@ -135,6 +135,7 @@ def _start_held(handshake: Handshake, cfg: Path, hold_at: int, *extra: str, **kw
                            env=os.environ | {"SSLTK_TEST_HOLD_AT": str(hold_at)}, **kw)
 
 
+@pytest.mark.slow  # the next three: child processes and a whole grid again (uninterrupted)
 @pytest.mark.numerics
 def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_config,
                                                                 uninterrupted):
@@ -157,6 +158,7 @@ def test_kill_9_mid_grid_then_rerun_equals_an_uninterrupted_run(tmp_path, write_
     assert metrics_by_cell(results.parent) == uninterrupted
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_completes_exactly(
         tmp_path, write_config, uninterrupted):
     cfg = write_config(tmp_path)
@@ -181,6 +183,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_completes_exactly
     assert metrics_by_cell(root) == uninterrupted
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_a_second_run_is_refused_then_ctrl_c_stops_and_the_resume_is_exact(
         tmp_path, write_config, uninterrupted):

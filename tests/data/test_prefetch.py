@@ -51,12 +51,32 @@ def test_batches_equal_the_plain_readers_in_order(store, threaded, depth):
         assert torch.equal(x, rx) and torch.equal(m["age"], rm["age"])
 
 
+class Gated(BatchReader):
+    """A reader that reports each finished read (``done[k]``, batch k) and, for the batches
+    in ``gates``, waits for ``gates[k]`` before reading."""
+
+    def __init__(self, store, n: int, gates: dict[int, threading.Event] | None = None):
+        super().__init__(store)
+        self.done = [threading.Event() for _ in range(n)]
+        self.gates, self.reads = gates or {}, 0
+
+    def read(self, rows, out=None):
+        k, self.reads = self.reads, self.reads + 1
+        if k in self.gates:
+            assert self.gates[k].wait(60), f"batch {k} was never let through"
+        result = super().read(rows, out)
+        self.done[k].set()
+        return result
+
+
 def test_a_held_batch_is_not_overwritten_while_the_next_ones_are_read(store):
     batches = plan()
     ref = reference(store, batches)
-    source = Prefetcher(BatchReader(store), batches, depth=2, threaded=True)
+    reader = Gated(store, len(batches))
+    source = Prefetcher(reader, batches, depth=2, threaded=True)
     first, _ = next(source)
-    time.sleep(0.2)  # the thread fills every free slot meanwhile
+    # depth 2, one slot held: the thread reads batch 1 into the other slot, then has none free
+    assert reader.done[1].wait(60)
     assert torch.equal(first, ref[0][0])
     second, _ = next(source)  # ``first`` is now given back
     assert torch.equal(second, ref[1][0])
@@ -110,36 +130,44 @@ def test_early_exit_and_ctrl_c_stop_the_thread(store):
 
 
 def test_the_consumer_waits_for_a_slow_reader_and_counts_it(store):
+    waiting = threading.Event()
+
+    class Watched(Prefetcher):
+        def _wait(self):  # the consumer's clock runs from here on
+            waiting.set()
+            return super()._wait()
+
     class Slow(BatchReader):
         def read(self, rows, out=None):
-            time.sleep(0.05)
+            assert waiting.wait(60)  # the consumer is blocked on this batch, then
+            time.sleep(0.05)  # slow work, not synchronisation: the consumer waits on the queue
             return super().read(rows, out)
 
-    with Prefetcher(Slow(store), plan(), threaded=True) as source:
+    with Watched(Slow(store), plan(), threaded=True) as source:
         n = sum(1 for _ in source)
     assert n == 4 and source.wait_s >= 0.05  # at least the first batch was waited for
 
 
-def test_reading_ahead_overlaps_the_consumers_work(store):
-    """Reads of 0.1 s and steps of 0.1 s, 6 batches: plain ~1.2 s, threaded ~0.7 s.
+@pytest.mark.parametrize("threaded", [False, True])
+def test_reading_ahead_overlaps_the_consumers_work(store, threaded):
+    """While the consumer holds batch k, the thread reads batch k + 1, and never more than
+    depth batches ahead; the plain path reads only what is asked for.
 
-    Pure sleeps (no decoding) so that a loaded machine slows both alike; the assertion asks
-    for half the ideal 0.5 s gain.
+    Shown by construction: the read of batch k + 1 is let through only once the consumer
+    holds batch k, and the consumer waits for that read to finish before it moves on.
     """
-    class Slow(BatchReader):
-        def read(self, rows, out=None):
-            time.sleep(0.1)
-            out = np.zeros((len(rows), *self.store.shape), np.float32) if out is None else out
-            return torch.from_numpy(out), {}
-
     batches = [np.array([i]) for i in range(6)]
-    times = {}
-    for threaded in (False, True):
-        t0 = time.perf_counter()
-        for _ in Prefetcher(Slow(store), batches, threaded=threaded):
-            time.sleep(0.1)
-        times[threaded] = time.perf_counter() - t0
-    assert times[False] - times[True] > 0.25, times
+    holding = {k + 1: threading.Event() for k in range(len(batches) - 1)}
+    reader = Gated(store, len(batches), holding if threaded else None)
+    with Prefetcher(reader, batches, depth=2, threaded=threaded) as source:
+        for k, _ in enumerate(source):
+            assert reader.reads <= k + 2  # one slot is the consumer's, one the thread's
+            if not threaded:
+                assert reader.reads == k + 1  # nothing is read ahead
+            elif k + 1 < len(batches):
+                holding[k + 1].set()
+                assert reader.done[k + 1].wait(60), f"batch {k + 1} was not read ahead"
+    assert reader.reads == len(batches)
 
 
 def test_rejects_a_depth_below_one(store):

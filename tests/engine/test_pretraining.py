@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
+from _handshake import CHILD, Handshake
 from _objectives import nan_after_two
 
 from ssltk.engine import FinetuneRun, PretrainRun, finetune, pretrain
@@ -63,35 +62,34 @@ def test_same_seed_same_weights_and_a_finished_run_is_reused(store3d, tmp_path):
         pretrain(other, tmp_path / "a")
 
 
-KILLABLE = textwrap.dedent("""
-    import sys, time
+KILLABLE = CHILD + textwrap.dedent("""
+    import sys
     from ssltk.engine import PretrainRun, pretrain
     from ssltk.engine import pretraining
     run = PretrainRun.model_validate_json(sys.argv[1])
     step = pretraining._Trainer._train_step
-    def slow_step(self, rows):  # give the parent time to kill us mid-run
+    def held_step(self, rows):  # step 6 is done in memory; its checkpoint is not written yet
         step(self, rows)
-        time.sleep(0.3)
-    pretraining._Trainer._train_step = slow_step
+        if self.step == 6:
+            hold_here()
+    pretraining._Trainer._train_step = held_step
     pretrain(run, sys.argv[2], checkpoint_every=1)
 """)
 
 
+@pytest.mark.slow  # a child process; test_two_step.py keeps a resume in the fast suite
 def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(store3d, tmp_path):
     run = make_run(store3d, objective="moco", epochs=3)  # moco: queue + momentum state too
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, run.model_dump_json(), str(out)])
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoint.pt").exists():
-            _, meta = load_checkpoint(out / "checkpoint.pt")
-            if meta["step"] >= 5:  # mid-way through epoch 2 of 3 (4 steps per epoch)
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    handshake = Handshake()
+    proc = handshake.popen([sys.executable, "-c", KILLABLE, run.model_dump_json(), str(out)])
+    try:
+        handshake.wait(proc)  # mid-way through epoch 2 of 3 (4 steps per epoch)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not (out / "encoder.pt").exists()
+    assert load_checkpoint(out / "checkpoint.pt")[1]["step"] == 5  # step 6 is lost, redone
     resumed = pretrain(run, out)
     reference = pretrain(run, tmp_path / "reference")
     ref = encoder_weights(reference.encoder_path)

@@ -156,6 +156,7 @@ def test_interrupted_then_resumed_equals_an_uninterrupted_run(store3d, tmp_path,
 
 
 
+@pytest.mark.slow  # two processes; tests/engine/test_ddp.py keeps two ranks in the fast suite
 def test_two_gloo_ranks_match_one_process_with_sam(store3d, tmp_path, registry):
     # Each rank perturbs its weights with the all-reduced gradient of the first pass, so two
     # ranks of 4 follow one process on the batch of 8. (Were the perturbation taken from a

@@ -211,6 +211,7 @@ n_per_class = [4]
 repeats = 2
 val_fraction = 0.25
 test_fraction = 0.25
+baselines = ["random_init"]
 """
 
 

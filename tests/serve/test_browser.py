@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +53,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with an event set once its startup is over (listening, or failed)."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
 @pytest.fixture
 def server(lesion2d):
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(lesion2d.bundle), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = _Server(uvicorn.Config(create_app(lesion2d.bundle), host="127.0.0.1", port=port,
+                                    log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
+    assert server.ready.wait(60) and server.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=10)

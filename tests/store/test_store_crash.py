@@ -1,5 +1,6 @@
-"""Crash safety: a writer killed with SIGKILL at any moment leaves a readable store, and
-resuming gives every volume exactly once."""
+"""Crash safety: a writer killed with SIGKILL with rows buffered, or inside a flush before its
+commit, leaves a readable store of exactly the committed rows, and resuming gives every volume
+exactly once. The writer holds at each of these points (tests/_handshake.py) for the kill."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -17,14 +17,26 @@ import pytest
 from ssltk.store import StoreWriter, VolumeStore
 from ssltk.store.verify import verify_store
 
+from _handshake import CHILD, Handshake
+
 N_ROWS = 120
 
-# Appends rows it does not have yet; prints the committed counter after each append.
-WRITER = r"""
-import sys, numpy as np
+# Appends the rows it does not have yet. With SSLTK_TEST_HOLD_AT=n it holds (tests/_handshake.py)
+# right after appending row n - 1; with SSLTK_TEST_HOLD_IN_FLUSH=n, inside the flush that
+# commits rows up to n - 1, once they are written and synced but before `committed` is bumped.
+WRITER = CHILD + r"""
+import os, sys, numpy as np
 from pathlib import Path
 from ssltk.store import ColumnSpec, StoreWriter
 path, n = Path(sys.argv[1]), int(sys.argv[2])
+hold_at = int(os.environ.get("SSLTK_TEST_HOLD_AT", "0"))
+hold_in_flush = int(os.environ.get("SSLTK_TEST_HOLD_IN_FLUSH", "0"))
+trim = StoreWriter._trim
+def held_trim(self):  # called by flush between the synced rows and the commit
+    trim(self)
+    if self.committed + len(self._buffer) == hold_in_flush:
+        hold_here()
+StoreWriter._trim = held_trim
 cols = {"session": ColumnSpec("id"), "age": ColumnSpec("continuous"),
         "group": ColumnSpec("categorical")}
 if path.exists():
@@ -40,34 +52,24 @@ for i in range(n):
     w.append(vol, {"subject_id": f"s{i:03d}", "session": "1", "age": 50 + i % 40,
                    "group": f"g{i % 7}"},
              source={"path": f"/src/{i}.nii.gz", "sha256": f"{i:064x}"})
-    print(w.committed, flush=True)
+    if i + 1 == hold_at:
+        hold_here()
 w.close()
-print("done", flush=True)
 """
 
 
-def _run_until_killed(path: Path, min_committed: int, extra_delay: float) -> bool:
-    """Start the writer, SIGKILL it once it committed ``min_committed`` rows (+ a delay).
-
-    Returns False when the writer finished before it could be killed.
-    """
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(N_ROWS)],
-                            stdout=subprocess.PIPE, text=True)
+def _kill_after(path: Path, rows: int, in_flush: bool = False) -> None:
+    """Run the writer until it has appended ``rows`` rows in all (or, ``in_flush``, written
+    them to the file but not committed them), then SIGKILL it there."""
+    handshake = Handshake()
+    hold = "SSLTK_TEST_HOLD_IN_FLUSH" if in_flush else "SSLTK_TEST_HOLD_AT"
+    proc = handshake.popen([sys.executable, "-c", WRITER, str(path), str(N_ROWS)],
+                           env=os.environ | {hold: str(rows)})
     try:
-        for line in proc.stdout:
-            if line.startswith("done"):
-                proc.wait(timeout=30)
-                return False
-            if int(line) >= min_committed:
-                time.sleep(extra_delay)
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return True
-        return False
+        handshake.wait(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _check_exactly_once(path: Path) -> None:
@@ -90,16 +92,19 @@ def _check_exactly_once(path: Path) -> None:
 
 def test_sigkill_then_resume_gives_every_volume_once(tmp_path):
     path = tmp_path / "crash.h5"
-    kills = 0
-    for attempt, (threshold, delay) in enumerate([(4, 0.0), (30, 0.013), (60, 0.031)]):
-        if _run_until_killed(path, threshold, delay):
-            kills += 1
-            # Killed mid-write: the store opens, and holds a whole number of committed rows.
-            store = VolumeStore.open(path)
-            assert 0 < len(store) < N_ROWS
-            assert len(set(store.meta["subject_id"].tolist())) == len(store)
-            store.close()
-    assert kills >= 1, "the writer always finished before it could be killed"
+    # flush_every=4: killed with 1, 2 and 3 rows buffered past the last commit, then with 4
+    # rows on disk that a flush wrote but did not commit yet
+    for rows, in_flush, committed in [(5, False, 4), (30, False, 28), (63, False, 60),
+                                      (88, True, 84)]:
+        _kill_after(path, rows, in_flush)
+        with h5py.File(path, "r") as f:  # what the kill left in the file
+            assert f["volumes"].shape[0] == (rows if in_flush else committed)
+        # The store opens and holds exactly the committed rows.
+        store = VolumeStore.open(path)
+        assert len(store) == committed
+        assert sorted(store.meta["subject_id"].tolist()) == [f"s{i:03d}"
+                                                             for i in range(committed)]
+        store.close()
     finished = subprocess.run([sys.executable, "-c", WRITER, str(path), str(N_ROWS)],
                               capture_output=True, text=True, timeout=60)
     assert finished.returncode == 0, finished.stderr
@@ -128,6 +133,23 @@ def test_kill_between_write_and_commit_is_invisible(tmp_path):
     assert VolumeStore.open(path)[2].min() == 1.0
 
 
+# `ssltk ingest nifti SRC --out OUT`, holding (tests/_handshake.py) after SSLTK_TEST_HOLD_AT
+# files are appended: the default flush_every=16 has committed 16 of 20 then.
+INGEST = CHILD + r"""
+import os, sys
+from ssltk.cli import app
+from ssltk.store.writer import StoreWriter
+append, appended = StoreWriter.append, [0]
+def held_append(self, *args, **kw):
+    append(self, *args, **kw)
+    appended[0] += 1
+    if appended[0] == int(os.environ["SSLTK_TEST_HOLD_AT"]):
+        hold_here()
+StoreWriter.append = held_append
+app(["ingest", "nifti", *sys.argv[1:]], prog_name="ssltk")
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_real_ingest_then_rerun(tmp_path, nifti_tools):
     """``ssltk ingest nifti`` killed mid-way, re-run: every file is in the store exactly once."""
@@ -136,34 +158,27 @@ def test_sigkill_real_ingest_then_rerun(tmp_path, nifti_tools):
     for i in range(40):
         save_nifti(src / f"p{i:02d}.nii.gz", tiny_volume(i, (24, 24, 24)))
     out = tmp_path / "t1.h5"
-    cmd = [sys.executable, "-m", "ssltk", "ingest", "nifti", str(src), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    committed = 0
-    while committed == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        committed = _peek_committed(out)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
-    assert 0 < committed < 40 or committed == 0 and proc.returncode == -signal.SIGKILL
+    args = [str(src), "--out", str(out)]
+    handshake = Handshake()
+    proc = handshake.popen([sys.executable, "-c", INGEST, *args],
+                           env=os.environ | {"SSLTK_TEST_HOLD_AT": "20"},
+                           stdout=subprocess.DEVNULL)
+    try:
+        handshake.wait(proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    killed = VolumeStore.open(out)
+    assert len(killed) == 16  # the 4 buffered files are lost with the process
+    killed.close()
     from typer.testing import CliRunner
 
     from ssltk.cli import app
 
-    rerun = CliRunner().invoke(app, cmd[3:])  # in-process: monai is imported once per session
-    assert rerun.exit_code == 0, rerun.output
+    rerun = CliRunner().invoke(app, ["ingest", "nifti", *args])  # in-process: monai is
+    assert rerun.exit_code == 0, rerun.output                    # imported once per session
     assert verify_store(out).ok
     store = VolumeStore.open(out)
     assert sorted(store.meta["subject_id"].tolist()) == [f"p{i:02d}" for i in range(40)]
     for row, sid in enumerate(store.meta["subject_id"]):
         assert store.sources[row]["path"].endswith(f"{sid}.nii.gz")
-
-
-def _peek_committed(path: Path) -> int:
-    """The committed counter of a store being written (no lock: a peek, may fail)."""
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f.attrs["committed"])
-    except (OSError, KeyError):
-        return 0

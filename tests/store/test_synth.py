@@ -226,6 +226,7 @@ def test_ventricles_darken_with_age_in_cn(baseline_32):
     assert rho < -0.3, rho
 
 
+@pytest.mark.slow
 def test_ad_atrophy_overlaps_the_ageing_pattern():
     """AD is partly accelerated ageing: on one anatomy (same pose, site and noise), the map
     AD - CN at 75 y correlates with the map CN 85 y - CN 65 y over the whole volume.
