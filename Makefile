@@ -29,8 +29,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m numerics
 
+# Everything but the whole-grid and multi-process tests, on both cores (two pytest-xdist
+# workers of one thread each): under 2 minutes on 2 cores (CONTRIBUTING.md).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

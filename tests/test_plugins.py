@@ -121,6 +121,7 @@ def test_plugin_manager_is_fresh_each_time():
     assert get_plugin_manager().get_plugins() == set()
 
 
+@pytest.mark.slow
 def test_cli_lists_a_broken_plugin_and_exits_zero(tmp_path, make_distribution):
     """End to end in a subprocess: the broken distribution is found on PYTHONPATH."""
     make_distribution(tmp_path, "ssltk-broken", unique("ssltk_broken"),

@@ -47,6 +47,7 @@ def write_config(make_benchmark, tmp_path, store, devices="cpu", executor="local
                           output_dir=tmp_path / "runs", devices=devices, executor=executor)
 
 
+@pytest.mark.slow
 def test_a_worker_process_discovers_the_plugin_when_not_disabled(spy):
     subprocess.run([sys.executable, "-c", "from ssltk.registry import get_registry; "
                                           "get_registry()"], check=True)

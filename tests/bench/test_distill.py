@@ -68,6 +68,7 @@ def finished(tmp_path_factory, write_config) -> Path:
     return folder / "runs" / "tiny"
 
 
+@pytest.mark.slow
 def test_the_grid_writes_distill_rows_paired_with_scratch_and_reported(finished):
     records = read_results(finished / "results.jsonl")
     assert len(records) == 8 + 4
@@ -181,6 +182,7 @@ def test_the_dry_run_counts_the_distillations(tmp_path, write_config):
     assert "distillation: 4 students" in result.output
 
 
+@pytest.mark.slow
 def test_an_external_encoder_is_distilled_like_any_method(tmp_path, write_config, finished):
     encoder = next((finished / "pretrain").glob("simclr-*/encoder.pt"))
     cfg = write_config(tmp_path, pretrain={"external": [{"name": "ext", "path": str(encoder)}]},

@@ -280,6 +280,7 @@ def test_dry_run_counts_and_checks_external_cells(tmp_path, tiny_store, make_ben
     assert result.exit_code == 2 and "pretrain.external[0].strip_prefx" in result.output
 
 
+@pytest.mark.slow
 def test_external_row_runs_for_every_seed_and_is_reported(grid_run):
     cfg, root, output = grid_run
     records = read_results(root / "results.jsonl")

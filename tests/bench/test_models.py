@@ -27,6 +27,7 @@ def tiny_store(tmp_path_factory, make_tiny_store):
     return make_tiny_store(tmp_path_factory.mktemp("models") / "tiny.h5", (1, 16, 16, 16), n=32)
 
 
+@pytest.mark.slow
 def test_best_keeps_the_best_validation_cell_at_the_largest_budget(tmp_path, tiny_store,
                                                                   make_benchmark):
     cfg = write_config(make_benchmark, tmp_path, tiny_store, finetune={"save_models": "best"},

@@ -85,6 +85,7 @@ def test_grid_shares_pretraining_and_pairs_methods_on_identical_splits(tmp_path,
         assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
 
 
+@pytest.mark.slow
 def test_run_writes_results_report_and_one_pretraining_per_combination(tmp_path, write_config):
     cfg = write_config(tmp_path)
     result = CliRunner().invoke(app, ["run", str(cfg)])
@@ -260,6 +261,7 @@ def test_dry_run_of_every_shipped_benchmark(path, monkeypatch, tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_executor(tmp_path, write_config):
     pytest.importorskip("submitit")
     cfg = write_config(tmp_path, executor="submitit_local",

@@ -100,6 +100,7 @@ def test_mutated_nifti_header(tmp_path_factory, data, seed, gz):
         assert skip.exit_code == 0 and "1 skipped" in skip.output
 
 
+@pytest.mark.slow
 def test_header_nibabel_repairs_prints_nothing_else(tmp_path):
     """nibabel logs the header faults it repairs (invalid qform code, odd vox_offset) on
     stderr; a real ``ssltk ingest`` process keeps its output to its own lines."""

@@ -75,6 +75,7 @@ def _check_partial_then_complete(src: Path, out: Path, failed, errno_text: str) 
             assert (store[i] == before[sid]).all()
 
 
+@pytest.mark.slow
 def test_file_size_limit_mid_ingest(src, tmp_path):
     out = tmp_path / "t1.h5"
     failed = _ingest(src, out, file_size_limit=DISK)
@@ -84,6 +85,7 @@ def test_file_size_limit_mid_ingest(src, tmp_path):
 @pytest.mark.slow  # the file-size-limit test above covers the same path, unprivileged
 @pytest.mark.skipif(sys.platform != "linux" or os.geteuid() != 0,
                     reason="mounting a tmpfs needs root")
+@pytest.mark.slow
 def test_full_tmpfs_mid_ingest(src, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()

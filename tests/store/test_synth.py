@@ -189,6 +189,7 @@ def baseline_32():
     return specs, x.reshape(len(specs), -1).astype(np.float64)
 
 
+@pytest.mark.slow
 def test_ad_vs_cn_is_learnable_but_not_trivial(baseline_32):
     """Raw-voxel logistic regression, AD vs CN: well above chance, well below perfect.
 
