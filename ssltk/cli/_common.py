@@ -56,4 +56,4 @@ def show_report(run_dir: Path, metric: str | None = None, out: Console | None = 
     out.print(summary_table(results, metric))
     for note in report_notes(results):
         out.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
-    out.print(f"[green]report[/] {path}")
+    out.print(f"[green]report[/] {path}", soft_wrap=True)  # a path is never split

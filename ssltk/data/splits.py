@@ -141,10 +141,9 @@ def draw_spread(strata: Sequence, pool: Sequence[int], kind: str, value: float,
                 field: str = "budget") -> np.ndarray:
     """Training subjects of a budget spread evenly over ``strata`` (a regression target's bins).
 
-    The pool is put in one stratified order, each stratum's subjects (in pool order) at evenly
-    spaced positions ``(k + 1/2) / n_stratum``; a budget is the first ``n`` of that order. So
-    a budget holds exactly ``n`` subjects, each stratum within one subject of its share
-    ``n * n_stratum / len(pool)``, and budgets nest for every ``n``.
+    The pool is put in one stratified order (:func:`spread_order`); a budget is the first
+    ``n`` of that order. So a budget holds exactly ``n`` subjects, each stratum within one
+    subject of its share ``n * n_stratum / len(pool)``, and budgets nest for every ``n``.
 
     Args:
         strata: ``(S,)`` stratum per subject (bins of the target, or bin x site).
@@ -168,12 +167,31 @@ def draw_spread(strata: Sequence, pool: Sequence[int], kind: str, value: float,
 
 
 def spread_order(strata: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """``items`` reordered so that every prefix holds each stratum in proportion (+-1)."""
-    keys = np.empty(len(items))
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        keys[members] = (np.arange(len(members)) + 0.5) / len(members)
-    return items[np.lexsort((np.arange(len(items)), keys))]  # ties: pool order
+    """``items`` reordered so that every prefix of length ``h`` holds each stratum ``s`` of
+    ``m_s`` of the ``N`` items within one item of its share ``h * m_s / N`` (strictly).
+
+    A house-monotone apportionment that stays within quota (Balinski & Young 1975; Tijdeman's
+    chairman assignment, 1980): the ``k``-th item of stratum ``s`` may take position ``h``
+    only from ``floor((k - 1) N / m_s) + 1`` on (no stratum above its upper quota) and must by
+    ``ceil(k N / m_s)`` (none below its lower quota); earliest-deadline-first meets every
+    deadline. Within a stratum, items keep their order; ties go to the stratum seen first.
+    """
+    names, first = np.unique(strata, return_index=True)
+    names = names[np.argsort(first)]  # strata in order of first appearance
+    members = [items[strata == name] for name in names]
+    n, taken, out = len(items), [0] * len(members), []
+    for h in range(1, n + 1):
+        best = None
+        for s, group in enumerate(members):
+            k, m = taken[s] + 1, len(group)
+            if k > m or (k - 1) * n // m + 1 > h:
+                continue
+            deadline = -(-k * n // m)
+            if best is None or deadline < best[0]:
+                best = (deadline, s)
+        taken[best[1]] += 1
+        out.append(members[best[1]][taken[best[1]] - 1])
+    return np.asarray(out, dtype=items.dtype)
 
 
 def split_hash(subjects: Sequence[str], train, val, test, salt: dict | None = None) -> str:

@@ -107,3 +107,23 @@ def test_first_rows_keeps_one_scan_per_subject_in_store_order():
     assert first_rows(subject_of_row).tolist() == [0, 1, 3]
     assert first_rows(subject_of_row, [2, 3, 4]).tolist() == [2, 3, 4]
     assert subject_rows(subject_of_row, ["s1"]).tolist() == [1, 4]
+
+
+def test_spread_order_keeps_every_prefix_within_quota():
+    """Every prefix of the order holds each stratum within one item of its share (strictly):
+    the property regression budgets rely on, over many random stratifications."""
+    from ssltk.data.splits import spread_order
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        sizes = rng.integers(1, 30, rng.integers(1, 12))
+        strata = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+        order = spread_order(strata, np.arange(len(strata)))
+        assert sorted(order.tolist()) == list(range(len(strata)))
+        counts = np.zeros(len(sizes))
+        for h, item in enumerate(order, 1):
+            counts[strata[item]] += 1
+            assert np.abs(counts - h * sizes / len(strata)).max() < 1
+        for s in range(len(sizes)):  # within a stratum, items keep their order
+            mine = order[strata[order] == s]
+            assert (np.diff(mine) > 0).all()
