@@ -18,6 +18,7 @@ them and writes :meth:`MetadataCheck.as_dict` to ``RUN_DIR/metadata.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from ssltk.bench.cohort import Cohort, all_test_subjects, load_cohort
@@ -79,7 +80,7 @@ class MetadataCheck:
         return out + self.leaks
 
     def as_dict(self) -> dict:
-        return {"target_missing": self.target_missing, "leaks": self.leaks,
+        return {"lines": self.lines(), "target_missing": self.target_missing, "leaks": self.leaks,
                 "stores": [{"store": s.store, "rows": s.rows,
                             "rows_used": s.rows if s.kept is None else len(s.kept),
                             "excluded_test": s.excluded_test, "dropped": s.dropped,

@@ -9,6 +9,7 @@ hold a cell twice; a run killed mid-write may leave a half line), aggregates the
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from collections import defaultdict
@@ -20,6 +21,7 @@ from rich.table import Table
 from ssltk.bench import plots
 from ssltk.bench.comparisons import (ONE_SEED_NOTE, gains, n_seeds, seed_comparisons,
                                      split_comparisons)
+from ssltk.bench.metadata import METADATA_FILE
 from ssltk.bench.monitors import find_runs, monitor_markdown
 from ssltk.bench.regression import mean_predictor_records, range_warnings
 from ssltk.bench.results import RESULTS_FILE, read_results
@@ -206,7 +208,7 @@ def write_report(run_dir: str | Path, config_summary: dict | None = None, *,
                             monitored)
     md = _header(results, config_summary) + [""] + _notes_section(results)
     md += _gain_section(results, metric) + _metric_sections(results, metric)
-    md += _split_section(results, metric)
+    md += _split_section(results, metric) + _subjects_section(results, run_dir)
     if monitored:
         md += monitor_markdown(monitored) + [""]
         for warning in (w for run in monitored for w in run.warnings()):
@@ -221,6 +223,26 @@ def write_report(run_dir: str | Path, config_summary: dict | None = None, *,
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
     log.info("wrote %s", path)
     return path
+
+
+def _subjects_section(results: list[dict], run_dir: Path) -> list[str]:
+    """How many subjects each cell trained, validated and tested on (min-max over its cells),
+    and the pretraining rows used, dropped or left out (``metadata.json`` of the run)."""
+    sides: dict[str, list[tuple]] = defaultdict(list)
+    for r in results:
+        if r["method"] != MEAN_PREDICTOR and "n_train" in r:
+            sides[r["budget_label"]].append((r["n_train"], r["n_val"], r["n_test"]))
+    if not sides:
+        return []
+    span = lambda values: (f"{min(values)}" if min(values) == max(values)  # noqa: E731
+                           else f"{min(values)}-{max(values)}")
+    lines = ["## Subjects", "", "Subjects per cell, min-max over its cells (every method, seed "
+             "and repeat).", "", "| budget | train | validation | test |", "|---|---:|---:|---:|"]
+    for label, counts in sides.items():
+        lines.append(f"| {label} | " + " | ".join(span(c) for c in zip(*counts)) + " |")
+    meta = Path(run_dir) / METADATA_FILE
+    facts = json.loads(meta.read_text()).get("lines", []) if meta.is_file() else []
+    return lines + ([""] + [f"- {line}" for line in facts] if facts else []) + [""]
 
 
 def _plotted_rows(results: list[dict], metric: str) -> list[AggregateRow]:

@@ -149,7 +149,9 @@ def test_a_second_task_reuses_the_pretraining(tmp_path, make_benchmark, store, c
         rec = next(r for r in read_results(root / "results.jsonl") if r["method"] == "simclr")
         assert rec["pretrain"]["hash"] == trained.name
         assert rec["n_train"] == 6 and rec["n_val"] > 0
-        assert json.loads((root / "metadata.json").read_text())["stores"][0]["rows_used"] == 24
+        meta = json.loads((root / "metadata.json").read_text())
+        assert meta["stores"][0]["rows_used"] == 24
+        assert any("24 of" in line and "rows used" in line for line in meta["lines"])
 
 
 def test_a_grid_of_external_encoders_alone(tmp_path, make_benchmark, store, registry):

@@ -275,6 +275,7 @@ def test_write_report_tables_csv_and_figures(run_dir):
     assert {"figures/label_efficiency.png", "figures/roc.png", "figures/confusion.png"} <= set(
         links)
     assert all((run_dir / link).stat().st_size > 10_000 for link in links)
+    assert "## Subjects" in text and "| 5/class | 10 | 6 |" in text  # train, validation
     with (run_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 36
