@@ -234,15 +234,19 @@ def _subjects_section(results: list[dict], run_dir: Path) -> list[str]:
             sides[r["budget_label"]].append((r["n_train"], r["n_val"], r["n_test"]))
     if not sides:
         return []
-    span = lambda values: (f"{min(values)}" if min(values) == max(values)  # noqa: E731
-                           else f"{min(values)}-{max(values)}")
     lines = ["## Subjects", "", "Subjects per cell, min-max over its cells (every method, seed "
              "and repeat).", "", "| budget | train | validation | test |", "|---|---:|---:|---:|"]
     for label, counts in sides.items():
-        lines.append(f"| {label} | " + " | ".join(span(c) for c in zip(*counts)) + " |")
+        lines.append(f"| {label} | " + " | ".join(_span(c) for c in zip(*counts)) + " |")
     meta = Path(run_dir) / METADATA_FILE
     facts = json.loads(meta.read_text()).get("lines", []) if meta.is_file() else []
     return lines + ([""] + [f"- {line}" for line in facts] if facts else []) + [""]
+
+
+def _span(values: tuple[int, ...]) -> str:
+    """``7`` when every value is 7, else ``min-max``."""
+    low, high = min(values), max(values)
+    return f"{low}" if low == high else f"{low}-{high}"
 
 
 def _plotted_rows(results: list[dict], metric: str) -> list[AggregateRow]:
